@@ -1,0 +1,31 @@
+"""t5-compact: distilled T5 text encoders as drop-in replacements for T5-XXL in FLUX.1 and SD3."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_t5_compact import STUDENT_SIZES, T5CompactConfig, compact_config
+from .errors import (
+    CheckpointError,
+    CheckpointKeysError,
+    CorruptCheckpointError,
+    EncoderNotFoundError,
+    NotACompactEncoderError,
+    WidthMismatchError,
+)
+from .modeling_t5_compact import T5CompactEncoder
+
+AutoConfig.register(T5CompactConfig.model_type, T5CompactConfig, exist_ok=True)
+AutoModel.register(T5CompactConfig, T5CompactEncoder, exist_ok=True)
+
+__version__ = "0.1.0"
+__all__ = [
+    "STUDENT_SIZES",
+    "CheckpointError",
+    "CheckpointKeysError",
+    "CorruptCheckpointError",
+    "EncoderNotFoundError",
+    "NotACompactEncoderError",
+    "T5CompactConfig",
+    "T5CompactEncoder",
+    "WidthMismatchError",
+    "compact_config",
+]

@@ -1,0 +1,49 @@
+"""`t5-compact` command line: one sub-command per module in `t5_compact.commands`.
+
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`; heavy imports
+happen inside `run` so `t5-compact --help` stays fast. Also runnable as `python -m t5_compact.cli` (which is what
+`accelerate launch -m t5_compact.cli train ...` uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "encode": "encode",
+    "generate": "generate",
+    "convert": "convert",
+    "cache-teacher": "cache_teacher",
+    "train": "train",
+    "bench": "bench",
+    "eval": "eval",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(prog="t5-compact", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"t5_compact.commands.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"t5_compact.commands.{module_name}":
+                raise
+            continue  # a command whose module is not there yet
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` (default: `sys.argv[1:]`) and run the chosen command; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
