@@ -112,3 +112,43 @@ class T5CompactEncoder(T5EncoderModel):
         from .loading import load_compact_encoder
 
         return load_compact_encoder(pretrained_model_name_or_path, torch_dtype=torch_dtype, device=device, **kwargs)
+
+    @classmethod
+    def from_t5(
+        cls,
+        t5: str | os.PathLike | T5EncoderModel,
+        *,
+        projection_hidden_dim: int = 4096,
+        projection_out_dim: int = 4096,
+        projection_act: str = "relu",
+        projection_dropout: float = 0.1,
+        projection_bias: bool = False,
+        seed: int | None = None,
+        **t5_kwargs,
+    ) -> T5CompactEncoder:
+        """A new student: the encoder weights of a pretrained T5 (e.g. `google/flan-t5-base`, the paper's start)
+        plus a freshly initialised projector. `t5` is a hub id, a folder, or a loaded `T5EncoderModel`."""
+        if isinstance(t5, (str, os.PathLike)):
+            t5 = T5EncoderModel.from_pretrained(t5, **t5_kwargs)
+        if not isinstance(t5, T5EncoderModel) or isinstance(t5, cls):
+            raise TypeError(f"from_t5 expects a T5EncoderModel or its source, got {type(t5).__name__}")
+        fields = {k: v for k, v in t5.config.to_dict().items() if k in T5CompactConfig.__dataclass_fields__}
+        fields.pop("model_type", None)
+        config = T5CompactConfig(
+            **fields,
+            projection_hidden_dim=projection_hidden_dim,
+            projection_out_dim=projection_out_dim,
+            projection_act=projection_act,
+            projection_dropout=projection_dropout,
+            projection_bias=projection_bias,
+        )
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = cls(config)
+        encoder_state = {k: v for k, v in t5.state_dict().items() if not k.startswith("decoder.")}
+        missing, unexpected = model.load_state_dict(encoder_state, strict=False)
+        missing = [k for k in missing if not k.startswith("final_projection.")]
+        if missing or unexpected:
+            raise ValueError(f"from_t5: T5 weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.set_input_embeddings(model.shared)
+        return model.to(t5.dtype)
