@@ -1,0 +1,222 @@
+"""Step-following along the teacher's trajectory, and the vision loss L_vision computed on it."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import FamilyAdapter
+from .embeds import PromptEncoder, TextEmbeds
+
+
+@dataclass
+class TeacherStep:
+    """One point of the teacher's trajectory: step `index`, scheduler timestep `t`, state `latents` (x_t, float32,
+    no grad) and the teacher's conditional velocity `velocity` there (the L_vision target)."""
+
+    index: int
+    t: torch.Tensor
+    latents: torch.Tensor
+    velocity: torch.Tensor
+
+
+def _cfg_scale(guidance, batch: int, like: torch.Tensor) -> torch.Tensor:
+    g = torch.as_tensor(guidance, dtype=torch.float32, device=like.device).reshape(-1)
+    g = g.expand(batch) if g.numel() == 1 else g
+    return g.reshape(batch, *([1] * (like.dim() - 1)))
+
+
+@torch.no_grad()
+def follow_teacher(
+    adapter: FamilyAdapter,
+    teacher: TextEmbeds,
+    latents: torch.Tensor,
+    *,
+    num_steps: int,
+    height: int,
+    width: int,
+    guidance: torch.Tensor | float | None = None,
+    negative: TextEmbeds | None = None,
+) -> Generator[TeacherStep, None, torch.Tensor]:
+    """Yield the teacher's trajectory from `latents` (pure noise) over the pipeline's `num_steps` timesteps.
+
+    The generator returns the final latents (`StopIteration.value`; see `sample`).
+    After each yield the state advances with the teacher's velocity: `x_{t-1} = scheduler.step(v_T, t, x_t)`.
+    For SD3 with `negative` (the teacher's encoding of "") and `guidance > 1`, the advance uses classifier-free
+    guidance `v_u + g (v_c - v_u)` as `StableDiffusion3Pipeline` does; the yielded target stays the conditional `v_c`.
+    """
+    scheduler = adapter.new_scheduler()
+    timesteps = adapter.set_timesteps(scheduler, num_steps, height, width, device=latents.device)
+    x = latents.float()
+    use_cfg = adapter.family == "sd3" and negative is not None and guidance is not None
+    if use_cfg:
+        g = _cfg_scale(guidance, x.shape[0], x)
+        use_cfg = bool((g > 1).any())
+    for i, t in enumerate(timesteps):
+        v = adapter.velocity(x, t, teacher, guidance, height=height, width=width)
+        yield TeacherStep(i, t, x, v)
+        if use_cfg:
+            v_uncond = adapter.velocity(x, t, negative, height=height, width=width)
+            v = torch.where(g > 1, v_uncond + g * (v - v_uncond), v)
+        x = adapter.step(scheduler, v, t, x)
+    return x
+
+
+@torch.no_grad()
+def sample(
+    adapter: FamilyAdapter,
+    cond: TextEmbeds,
+    latents: torch.Tensor,
+    *,
+    num_steps: int,
+    height: int,
+    width: int,
+    guidance: torch.Tensor | float | None = None,
+    negative: TextEmbeds | None = None,
+) -> torch.Tensor:
+    """Final latents of the trajectory driven by `cond` (teacher or student), like `output_type="latent"`."""
+    steps = follow_teacher(
+        adapter, cond, latents, num_steps=num_steps, height=height, width=width, guidance=guidance, negative=negative
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def vision_loss(student_velocity: torch.Tensor, teacher_velocity: torch.Tensor) -> torch.Tensor:
+    """Per-sample L_vision `[B]`: the mean squared difference of the two velocity predictions (float32)."""
+    diff = student_velocity.float() - teacher_velocity.float()
+    return diff.pow(2).flatten(1).mean(dim=1)
+
+
+def trajectory_vision_losses(
+    adapter: FamilyAdapter,
+    teacher: TextEmbeds,
+    student_t5: torch.Tensor,
+    latents: torch.Tensor,
+    *,
+    num_steps: int,
+    height: int,
+    width: int,
+    guidance: torch.Tensor | float | None = None,
+    negative: TextEmbeds | None = None,
+) -> torch.Tensor:
+    """L_vision `[B, num_steps]` of the student's T5 part `student_t5` along the teacher's trajectory.
+
+    Differentiable in `student_t5` when called with grad enabled (the transformer is frozen, not detached)."""
+    student = teacher.with_t5(student_t5)
+    losses = []
+    for step in follow_teacher(
+        adapter,
+        teacher,
+        latents,
+        num_steps=num_steps,
+        height=height,
+        width=width,
+        guidance=guidance,
+        negative=negative,
+    ):
+        v_s = adapter.velocity(step.latents, step.t, student, guidance, height=height, width=width)
+        losses.append(vision_loss(v_s, step.velocity))
+    return torch.stack(losses, dim=1)
+
+
+@dataclass
+class HeldoutSet:
+    """Held-out prompts of one category: student token ids `[N, L]` and the teacher's conditioning (N rows)."""
+
+    input_ids: torch.Tensor
+    teacher: TextEmbeds
+
+
+def build_heldout(
+    prompts: Mapping[str, Sequence[str]],
+    encoder: PromptEncoder,
+    teacher_t5: nn.Module | None = None,
+    teacher_embeds: Mapping[str, TextEmbeds] | None = None,
+) -> dict[str, HeldoutSet]:
+    """`HeldoutSet`s per category, the teacher part from `teacher_t5` (run here) or precomputed `teacher_embeds`."""
+    out = {}
+    for category, texts in prompts.items():
+        if teacher_embeds is not None:
+            teacher = teacher_embeds[category]
+        elif teacher_t5 is not None:
+            teacher = encoder.encode(texts, teacher_t5)
+        else:
+            raise ValueError("build_heldout needs teacher_t5 or teacher_embeds")
+        out[category] = HeldoutSet(encoder.tokenize(texts), teacher)
+    return out
+
+
+def heldout_latents(
+    adapter: FamilyAdapter, count: int, height: int, width: int, seed: int, device=None
+) -> torch.Tensor:
+    """Initial noise for held-out prompt `i` drawn from `torch.Generator().manual_seed(seed + i)` (CPU), so the
+    metric does not depend on batch size or device."""
+    rows = [
+        adapter.prepare_latents(1, height, width, generator=torch.Generator().manual_seed(seed + i), device="cpu")
+        for i in range(count)
+    ]
+    return torch.cat(rows).to(device or adapter.device)
+
+
+@torch.no_grad()
+def heldout_vision_loss(
+    adapter: FamilyAdapter,
+    student: nn.Module,
+    heldout: Mapping[str, HeldoutSet],
+    *,
+    num_steps: int = 20,
+    height: int = 512,
+    width: int = 512,
+    guidance: float | None = 3.5,
+    seed: int = 0,
+    batch_size: int = 4,
+    zero_pooled: bool = True,
+    negative: TextEmbeds | None = None,
+) -> dict[str, float]:
+    """Mean L_vision per category (over prompts and timesteps) of `student` along the teacher's trajectories.
+
+    Fixed noise per prompt (`heldout_latents`), fixed `guidance`, no gradients. This is the number training logs
+    as `heldout/L_vision/<category>` and `t5-compact eval` reports. `zero_pooled` drops the pooled CLIP vector
+    (the paper's FLUX setting) for teacher and student alike."""
+    was_training = student.training
+    student.eval()
+    device = adapter.device
+    results: dict[str, float] = {}
+    try:
+        for category, data in heldout.items():
+            total, count = 0.0, 0
+            latents_all = heldout_latents(adapter, len(data.input_ids), height, width, seed, device)
+            for start in range(0, len(data.input_ids), batch_size):
+                rows = slice(start, start + batch_size)
+                teacher = data.teacher[rows].to(device)
+                if zero_pooled:
+                    teacher = TextEmbeds(teacher.t5, teacher.clip, None)
+                student_t5 = student(data.input_ids[rows].to(device))[0]
+                neg = None
+                if negative is not None:
+                    neg = TextEmbeds.cat([negative.to(device)] * teacher.t5.shape[0])
+                    neg = TextEmbeds(neg.t5, neg.clip, None if zero_pooled else neg.pooled)
+                losses = trajectory_vision_losses(
+                    adapter,
+                    teacher,
+                    student_t5,
+                    latents_all[rows],
+                    num_steps=num_steps,
+                    height=height,
+                    width=width,
+                    guidance=guidance,
+                    negative=neg,
+                )
+                total += losses.sum().item()
+                count += losses.numel()
+            results[category] = total / max(count, 1)
+    finally:
+        student.train(was_training)
+    return results
