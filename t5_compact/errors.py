@@ -29,3 +29,7 @@ class WidthMismatchError(ValueError):
 
 class EncoderNotFoundError(FileNotFoundError):
     """The path does not exist, or the hub repo cannot be resolved (e.g. not cached while offline)."""
+
+
+# What a command-line tool reports as a one-line error (exit code 2) instead of a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, WidthMismatchError, EncoderNotFoundError)

@@ -5,16 +5,21 @@ Pure functions over `{key: shape}` maps, shared by the diffusers-side loader and
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 
-from .errors import CheckpointKeysError, NotACompactEncoderError
+from .errors import CheckpointKeysError, CorruptCheckpointError, NotACompactEncoderError
 
 Shapes = Mapping[str, tuple[int, ...]]
 
 _BLOCK = re.compile(r"^encoder\.block\.(\d+)\.")
 _CLIP_MARKERS = ("text_model.", "text_projection.", "logit_scale", "vision_model.")
 _TIED = "encoder.embed_tokens.weight"
+
+# Key of the safetensors `__metadata__` entry holding the encoder's config as JSON (single-file checkpoints written
+# by `t5-compact convert --format comfyui`); lets activation, epsilon, etc. round-trip where shapes cannot tell.
+METADATA_CONFIG_KEY = "t5_compact_config"
 
 
 def canonical_key(key: str) -> str:
@@ -118,3 +123,18 @@ def is_paper_config(config: Mapping[str, object]) -> bool:
     return config.get("model_type") == "t5" and (
         "project_in_dim" in config or "project_out_dim" in config or "T5EncoderWithProjection" in archs
     )
+
+
+def config_from_metadata(metadata: Mapping[str, str] | None, source: str) -> dict[str, object] | None:
+    """The config dict stored in a safetensors file's `__metadata__` (see `METADATA_CONFIG_KEY`), or None."""
+    if not metadata or METADATA_CONFIG_KEY not in metadata:
+        return None
+    try:
+        config = json.loads(metadata[METADATA_CONFIG_KEY])
+    except (TypeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(
+            f"{source}: the {METADATA_CONFIG_KEY!r} metadata entry is not JSON ({err})"
+        ) from err
+    if not isinstance(config, dict):
+        raise CorruptCheckpointError(f"{source}: the {METADATA_CONFIG_KEY!r} metadata entry is not a JSON object")
+    return config
