@@ -105,7 +105,10 @@ class T5CompactEncoder(T5EncoderModel):
         `source` may be a folder written by `save_pretrained`, the paper's published folder layout
         (`LifuWang/DistillT5`), a single `.safetensors` file with or without config (the geometry is read off the
         tensor shapes), or a hub repo id (resolved with huggingface_hub, honouring `HF_HUB_OFFLINE` and its cache).
-        Errors are raised before any large allocation; see `t5_compact.errors`.
+        `torch_dtype` (or `dtype`) defaults to `"auto"` as in transformers 5: the checkpoint's own dtype; fp16 keeps
+        T5's `wo` layers in fp32. `device` (or a single-device `device_map`) is where the tensors are read to.
+        Also accepts transformers' hub arguments (`revision`, `token`, `cache_dir`, `local_files_only`,
+        `subfolder`, `variant`). Errors are raised before any large allocation; see `t5_compact.errors`.
         """
         if model_args:
             raise TypeError(f"T5CompactEncoder.from_pretrained takes no positional model args, got {model_args}")
@@ -151,4 +154,5 @@ class T5CompactEncoder(T5EncoderModel):
         if missing or unexpected:
             raise ValueError(f"from_t5: T5 weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.set_input_embeddings(model.shared)
+        model.train(t5.training)  # eval like a loaded `from_pretrained` T5, unless the T5 given was training
         return model.to(t5.dtype)
