@@ -14,7 +14,16 @@ from .errors import CheckpointKeysError, CorruptCheckpointError, NotACompactEnco
 Shapes = Mapping[str, tuple[int, ...]]
 
 _BLOCK = re.compile(r"^encoder\.block\.(\d+)\.")
-_CLIP_MARKERS = ("text_model.", "text_projection.", "logit_scale", "vision_model.")
+# CLIP keys: `text_model.*` (ComfyUI / transformers 4 files) or, as transformers 5 saves `CLIPTextModel`,
+# `embeddings.token_embedding.*` / `embeddings.position_embedding.*` at the top level.
+_CLIP_MARKERS = (
+    "text_model.",
+    "text_projection.",
+    "logit_scale",
+    "vision_model.",
+    "token_embedding.",
+    "position_embedding.",
+)
 _TIED = "encoder.embed_tokens.weight"
 
 # Key of the safetensors `__metadata__` entry holding the encoder's config as JSON (single-file checkpoints written
@@ -45,7 +54,8 @@ def check_is_compact(keys: Iterable[str], shapes: Shapes, source: str) -> None:
         raise NotACompactEncoderError(f"{source}: the checkpoint holds no tensors")
     if any(k.startswith(m) or f".{m}" in k for k in keys for m in _CLIP_MARKERS):
         raise NotACompactEncoderError(
-            f"{source}: this is a CLIP text model (keys like 'text_model.*'), not a compact T5 encoder; "
+            f"{source}: this is a CLIP text model (keys like 'text_model.*' / 'embeddings.token_embedding.*'), not a "
+            "compact T5 encoder; "
             "load it in the CLIP slot (text_encoder / clip_l / clip_g) instead"
         )
     canon = [canonical_key(k) for k in keys]
