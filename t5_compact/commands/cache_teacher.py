@@ -1,0 +1,37 @@
+"""`t5-compact cache-teacher`: write the teacher's embeddings for every prompt of a training config to disk."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "encode every prompt of a training config with the teacher T5 (+ CLIP for SD3) into a sharded cache"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train flags (same config file); `--teacher_cache DIR` is where the cache goes."""
+    from ..training.config import add_config_arguments
+
+    add_config_arguments(parser)
+    parser.add_argument("--encode_batch_size", type=int, default=8, help="prompts per teacher forward pass")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..training.config import ConfigError, config_from_args
+
+    try:
+        config = config_from_args(args)
+        if not config.teacher_cache:
+            raise ConfigError("set teacher_cache (the cache folder) in the config or with --teacher_cache")
+        from ..training.cache import build_teacher_cache
+
+        added, total = build_teacher_cache(config, encode_batch_size=args.encode_batch_size)
+    except ConfigError as err:
+        print(f"t5-compact cache-teacher: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{config.teacher_cache}: {added} prompt(s) added, {total} cached")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return main(args)

@@ -1,0 +1,46 @@
+"""`t5-compact train`: step-following vision distillation of a compact T5 student (REFERENCE.md section 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "train a compact T5 student by step-following vision distillation (accelerate-ready)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` plus one flag per config key (see `t5_compact.training.config.TrainConfig`)."""
+    from ..training.config import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    """Parse train flags (diffusers-examples style: tests pass `input_args`)."""
+    parser = argparse.ArgumentParser(prog="t5-compact train", description=HELP)
+    add_arguments(parser)
+    return parser.parse_args(input_args)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Build the config (file + flags, validated before any model loads) and train."""
+    from ..training.config import ConfigError, config_from_args
+
+    try:
+        config = config_from_args(args)
+        from ..training.loop import train
+
+        folder = train(config)
+    except ConfigError as err:
+        print(f"t5-compact train: error: {err}", file=sys.stderr)
+        return 2
+    print(f"student written to {folder}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

@@ -1,0 +1,271 @@
+"""The training run: validate inputs, load the frozen parts, train the student, checkpoint, log, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from ..distill import build_heldout, heldout_vision_loss
+from .checkpoints import read_state, resolve_resume, save_checkpoint
+from .config import TrainConfig
+from .data import PromptSchedule, load_heldout, load_stages
+from .models import build_student, load_components, pipeline_family
+from .step import StepContext, TeacherSource, train_step
+from .teacher_cache import TeacherCache
+
+logger = logging.getLogger(__name__)
+_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def required_prompts(schedule: PromptSchedule, heldout: dict[str, list[str]], config: TrainConfig, family: str):
+    """Every prompt whose teacher embedding the run needs ("" for SD3's negative)."""
+    prompts = schedule.all_prompts() + [p for ps in heldout.values() for p in ps] + list(config.validation_prompts)
+    return list(dict.fromkeys(prompts + ([""] if family == "sd3" else [])))
+
+
+def needs_clip(family: str, config: TrainConfig) -> bool:
+    return family == "sd3" or not config.zero_pooled
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """AdamW with the paper's defaults, or bitsandbytes' 8-bit AdamW (`use_8bit_adam`)."""
+    cls = torch.optim.AdamW
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ImportError("use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from err
+        cls = bnb.optim.AdamW8bit
+    return cls(
+        params,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.weight_decay,
+        eps=config.adam_epsilon,
+    )
+
+
+def _register_hooks(accelerator, student) -> None:
+    """Checkpoints hold the student as a `save_pretrained` folder (`student/`), loadable on its own."""
+    from ..modeling_t5_compact import T5CompactEncoder
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / "student")
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            loaded = T5CompactEncoder.from_pretrained(Path(input_dir) / "student", torch_dtype=torch.float32)
+            model.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def train(config: TrainConfig) -> Path:
+    """Run training as configured; returns the exported student folder (`<output_dir>/student`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    # 1. Everything that can be wrong with files is checked before any model loads.
+    stages = load_stages(config)
+    heldout_prompts = load_heldout(config, stages)
+    schedule = PromptSchedule(stages, config.train_batch_size, config.guidance_values(), config.seed)
+    family = pipeline_family(config.pretrained_model)
+    cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
+    if cache is not None:
+        expected = {"family": family, "max_sequence_length": config.max_sequence_length}
+        if needs_clip(family, config):
+            expected["with_clip"] = True
+        cache.check(expected, required_prompts(schedule, heldout_prompts, config, family))
+    resume_from = resolve_resume(config.resume, config.output_dir)
+    output_dir = Path(config.output_dir)
+
+    # 2. Accelerator and the frozen parts.
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    weight_dtype = _DTYPES[config.mixed_precision]
+    parts = load_components(
+        config,
+        load_teacher=cache is None,
+        need_clip=cache is None and needs_clip(family, config),
+        device=accelerator.device,
+        weight_dtype=weight_dtype,
+    )
+    adapter = parts.adapter
+    teacher = TeacherSource(parts.prompt_encoder, parts.teacher_t5, cache, zero_pooled=config.zero_pooled)
+    negative = teacher([""], accelerator.device) if family == "sd3" else None
+    heldout = build_heldout(
+        heldout_prompts,
+        parts.prompt_encoder,
+        teacher_embeds={c: teacher(ps, accelerator.device) for c, ps in heldout_prompts.items()},
+    )
+
+    # 3. The student, its optimizer and schedule.
+    student = build_student(config, adapter.text_width)
+    optimizer = make_optimizer(config, student.parameters())
+    total_steps = config.total_steps()
+    updates_per_step = config.num_inference_steps if config.optimizer_step == "timestep" else 1
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=total_steps * updates_per_step,
+    )
+    student, optimizer = accelerator.prepare(student, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    _register_hooks(accelerator, student)
+    if config.report_to != "none":
+        accelerator.init_trackers("t5-compact", config=_scalar_config(config))
+
+    start_step = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        start_step = read_state(resume_from)["step"]
+        logger.info("resumed from %s at step %d", resume_from, start_step)
+
+    ctx = StepContext(
+        accelerator,
+        adapter,
+        parts.prompt_encoder,
+        teacher,
+        student,
+        optimizer,
+        lr_scheduler,
+        num_steps=config.num_inference_steps,
+        optimizer_step=config.optimizer_step,
+        max_grad_norm=config.max_grad_norm,
+        embedding_loss_weight=config.embedding_loss_weight,
+        seed=config.seed,
+        negative=negative,
+    )
+    categories = sorted({s.category for st in stages for s in st.sources})
+    history_path = output_dir / "heldout.json"
+
+    def evaluate(step: int) -> None:
+        if not heldout or not accelerator.is_main_process:
+            return
+        values = heldout_vision_loss(
+            adapter,
+            accelerator.unwrap_model(student),
+            heldout,
+            num_steps=config.heldout_num_steps or config.num_inference_steps,
+            height=config.heldout_resolution or config.resolution,
+            width=config.heldout_resolution or config.resolution,
+            guidance=config.heldout_guidance,
+            seed=config.seed,
+            batch_size=config.train_batch_size,
+            zero_pooled=config.zero_pooled,
+            negative=negative,
+        )
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
+        history = [h for h in history if h["step"] < step] + [{"step": step, "L_vision": values}]
+        history_path.write_text(json.dumps(history, indent=1))
+        accelerator.log({f"heldout/L_vision/{c}": v for c, v in values.items()}, step=step)
+
+    def validation_images(step: int) -> None:
+        if not config.validation_prompts or not accelerator.is_main_process:
+            return
+        from .validation import save_validation_grid
+
+        res = config.heldout_resolution or config.resolution
+        cond = teacher(config.validation_prompts, accelerator.device)
+        with torch.no_grad():
+            student_t5 = accelerator.unwrap_model(student).eval()(
+                parts.prompt_encoder.tokenize(config.validation_prompts).to(accelerator.device)
+            )[0]
+        save_validation_grid(
+            output_dir / "validation" / f"step-{step:07d}.png",
+            adapter,
+            vae,
+            cond,
+            student_t5,
+            num_steps=config.num_inference_steps,
+            height=res,
+            width=res,
+            guidance=config.heldout_guidance,
+            seed=config.seed,
+        )
+
+    vae = parts.vae_loader().to(accelerator.device) if config.validation_prompts else None
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if start_step == 0:
+        evaluate(0)
+        if config.validation_images_steps:
+            validation_images(0)
+    accelerator.wait_for_everyone()
+
+    bar = tqdm(
+        range(total_steps), initial=start_step, desc="train", disable=not (accelerator.is_main_process and config.tqdm)
+    )
+    rank = accelerator.process_index
+    stage = schedule.stage_of(start_step)
+    for step in range(start_step, total_steps):
+        batch = schedule.batch(step, rank)
+        if batch.stage != stage or step == start_step:
+            stage = batch.stage
+            logger.info("stage %d (%s): resolution %d", stage, stages[stage].name, batch.resolution)
+        result = train_step(ctx, batch, rank)
+        done = step + 1
+        sums = torch.zeros(2, len(categories), device=accelerator.device)
+        for loss, category in zip(result.per_sample.tolist(), batch.categories, strict=True):
+            sums[0, categories.index(category)] += loss
+            sums[1, categories.index(category)] += 1
+        sums = accelerator.reduce(sums, reduction="sum")
+        loss = float(sums[0].sum() / sums[1].sum())
+        lr = lr_scheduler.get_last_lr()[0]
+        if done % config.logging_steps == 0 or done == total_steps:
+            logs = {"loss": loss, "lr": lr, "grad_norm": result.grad_norm, "stage": stage}
+            logs.update({f"loss/{c}": float(sums[0, i] / sums[1, i]) for i, c in enumerate(categories) if sums[1, i]})
+            accelerator.log(logs, step=done)
+        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", stage=stage)
+        bar.update(1)
+        if config.validation_steps and done % config.validation_steps == 0 and done != total_steps:
+            evaluate(done)
+        if config.validation_images_steps and done % config.validation_images_steps == 0:
+            validation_images(done)
+        if done % config.checkpointing_steps == 0 or done == total_steps:
+            state = {"step": done, "stage": stage, "loss": loss if math.isfinite(loss) else None}
+            save_checkpoint(accelerator, output_dir, done, state, config.checkpoints_total_limit)
+    bar.close()
+
+    evaluate(total_steps)
+    accelerator.wait_for_everyone()
+    final = output_dir / "student"
+    if accelerator.is_main_process:
+        export_student(accelerator.unwrap_model(student), final, comfyui=config.export_comfyui)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def export_student(student, folder: Path, comfyui: bool = False) -> None:
+    """Write the trained student with `save_pretrained` (+ a ComfyUI single file if asked)."""
+    student.eval().save_pretrained(folder)
+    if comfyui:
+        from ..convert import save_comfyui
+
+        save_comfyui(student, folder.parent / f"{folder.name}-comfyui.safetensors")
+
+
+def _scalar_config(config: TrainConfig) -> dict:
+    out = {}
+    for key, value in vars(config).items():
+        if isinstance(value, (int, float, str, bool)):
+            out[key] = value
+    return out
