@@ -6,11 +6,16 @@ import os
 
 import torch
 from torch import nn
-from transformers import T5EncoderModel
+from transformers import PreTrainedModel, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
 
 from .configuration_t5_compact import T5CompactConfig
+
+# diffusers reloads a saved pipeline's custom component by importing the module recorded in model_index.json
+# (this one) and looking up its loadable base classes *in this module's namespace* (`PreTrainedModel` ->
+# `from_pretrained`); without the name here, `FluxPipeline.from_pretrained(saved_dir)` fails. Public API: keep both.
+__all__ = ["PreTrainedModel", "T5CompactEncoder"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU}
 
