@@ -17,6 +17,11 @@ import asyncio
 import json
 import math
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -288,6 +293,73 @@ def test_example_graphs_use_nodes_and_inputs_this_comfyui_has(comfyui, example: 
         spec = cls.INPUT_TYPES()
         known = {**spec.get("required", {}), **spec.get("optional", {})}
         assert set(node["inputs"]) <= set(known), (node["class_type"], set(node["inputs"]) - set(known))
+
+
+def _http(port: int, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _run_prompt(port: int, graph: dict, timeout: float = 120.0) -> dict:
+    prompt_id = _http(port, "/prompt", {"prompt": graph, "client_id": "t5-compact-tests"})["prompt_id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = _http(port, f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            return history[prompt_id]
+        time.sleep(0.5)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def test_server_loads_the_pack_and_runs_a_graph(comfyui, tmp_path: Path) -> None:
+    """`python main.py --cpu --listen 127.0.0.1`: the server's own custom-node loading, /object_info, /prompt."""
+    _, models = comfyui
+    base = tmp_path / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "models").mkdir()
+    (base / "custom_nodes" / "t5-compact").symlink_to(ROOT, target_is_directory=True)
+    (base / "models" / "text_encoders").symlink_to(models, target_is_directory=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")  # closed in finally
+    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--base-directory", str(base)], cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                info = _http(port, "/object_info/DualCLIPLoaderCompactT5")["DualCLIPLoaderCompactT5"]
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(1)
+        assert info["display_name"] == "DualCLIPLoader (compact T5, FLUX)"
+        assert "compact_fp16.safetensors" in info["input"]["required"]["compact_t5"][0]
+
+        def graph(compact: str) -> dict:
+            loader = {"clip_l": "clip_l.safetensors", "compact_t5": compact, "dtype": "default", "device": "cpu"}
+            return {
+                "1": {"class_type": "DualCLIPLoaderCompactT5", "inputs": loader},
+                "2": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["1", 0]}},
+                "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+            }
+
+        done = _run_prompt(port, graph("compact_fp16.safetensors"))
+        assert done["status"]["status_str"] == "success", done["status"]
+        failed = _run_prompt(port, graph("t5xxl_fp16.safetensors"))
+        assert failed["status"]["status_str"] == "error"
+        message = json.dumps(failed["status"]["messages"])
+        assert "t5xxl_fp16.safetensors" in message and "T5-XXL" in message  # shown to the user, naming the file
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 def test_memory_of_a_base_student_vs_t5xxl() -> None:
