@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +135,12 @@ def test_cli_help_in_a_subprocess():
     assert proc.returncode == 0, proc.stderr
     for command in ("encode", "generate", "convert"):
         assert command in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["diffusers_flux.py", "diffusers_sd3.py"])
+def test_examples_import_cleanly_without_path_hacks(name):
+    path = Path(__file__).parents[1] / "examples" / name
+    source = path.read_text()
+    assert "sys.path" not in source and "from t5_compact import T5CompactEncoder" in source
+    namespace = runpy.run_path(str(path), run_name="example")  # imports only; main() needs the real models
+    assert callable(namespace["main"])
