@@ -126,8 +126,9 @@ def resolve_source(
 ) -> Path:
     """A local file or folder for `source`; hub repo ids are downloaded, or read from the cache when offline.
 
-    An existing local path always wins; otherwise `owner/name` is a hub repo id. With `HF_HUB_OFFLINE=1` (checked at
-    call time) or `local_files_only=True` only the local Hugging Face cache is consulted.
+    An existing local path always wins; otherwise a string `owner/name` is a hub repo id (unless `owner` is a local
+    folder: then it is a missing path). With `HF_HUB_OFFLINE=1` (checked at call time) or `local_files_only=True` only
+    the local Hugging Face cache is consulted.
     """
     text = os.fspath(source)
     path = Path(text).expanduser()
@@ -135,7 +136,9 @@ def resolve_source(
         path = path / subfolder
     if path.exists():
         return path
-    if not looks_like_repo_id(text):
+    # A Path object, or `owner/name` whose `owner` is a local folder, is meant as a path: never ask the hub.
+    local_intent = not isinstance(source, str) or Path(text.split("/", 1)[0]).is_dir()
+    if local_intent or not looks_like_repo_id(text):
         raise EncoderNotFoundError(
             f"{path if subfolder else text}: no such file or folder; expected a compact encoder folder "
             "(config.json + model.safetensors), a .safetensors file, or a hub repo id such as 'LifuWang/DistillT5'"

@@ -302,6 +302,17 @@ def test_nonexistent_path(tmp_path, monkeypatch, name):
         T5CompactEncoder.from_pretrained(tmp_path / name)
 
 
+def test_missing_path_that_looks_like_a_repo_id_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    with pytest.raises(EncoderNotFoundError) as err:
+        T5CompactEncoder.from_pretrained("outputs/student")  # `outputs` exists: a local path was meant
+    assert_names(err, "outputs/student", "no such file or folder")
+    with pytest.raises(EncoderNotFoundError) as err:
+        T5CompactEncoder.from_pretrained(Path("acme/student"))  # a Path is never a repo id
+    assert_names(err, "acme/student", "no such file or folder")
+
+
 def test_hub_miss_while_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
