@@ -12,6 +12,7 @@ from .errors import (
     WidthMismatchError,
 )
 from .modeling_t5_compact import T5CompactEncoder
+from .pipelines import load_pipeline
 
 AutoConfig.register(T5CompactConfig.model_type, T5CompactConfig, exist_ok=True)
 AutoModel.register(T5CompactConfig, T5CompactEncoder, exist_ok=True)
@@ -28,4 +29,5 @@ __all__ = [
     "T5CompactEncoder",
     "WidthMismatchError",
     "compact_config",
+    "load_pipeline",
 ]

@@ -15,6 +15,7 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from transformers import CLIPTextModel
 
+import t5_compact
 from t5_compact import T5CompactEncoder
 from t5_compact.pipelines import ENCODER_SLOTS, detect_family, load_pipeline, pipeline_family
 from t5_compact.tiny import tiny_clip_config, tiny_compact_encoder
@@ -169,6 +170,7 @@ def test_load_pipeline_puts_the_encoder_in_its_slot_and_casts_it(dirs, family):
 
 
 def test_load_pipeline_from_paths(tiny_flux_dir, tiny_sd3_dir, tiny_encoder_dir):
+    assert t5_compact.load_pipeline is load_pipeline  # the public entry point
     for base, family in ((tiny_flux_dir, "flux"), (tiny_sd3_dir, "sd3")):
         pipe = load_pipeline(str(base), str(tiny_encoder_dir), device="cpu", dtype="fp32")
         encoder = getattr(pipe, ENCODER_SLOTS[family])
