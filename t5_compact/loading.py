@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -32,6 +33,9 @@ from .geometry import (
     is_paper_config,
     paper_config_to_ours,
 )
+
+if TYPE_CHECKING:
+    from .modeling_t5_compact import T5CompactEncoder
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -445,7 +449,9 @@ def cast_encoder(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.
     return model
 
 
-def _resolve_device(device: torch.device | str | int | None, device_map: str | dict | torch.device | None):
+def _resolve_device(
+    device: torch.device | str | int | None, device_map: str | dict | torch.device | None
+) -> torch.device:
     """One device from `device` or a single-device `device_map` (`"auto"`: the accelerator if there is one)."""
     if device is None and device_map is not None:
         if isinstance(device_map, dict):
@@ -477,7 +483,7 @@ def load_compact_encoder(
     subfolder: str | None = None,
     variant: str | None = None,
     **kwargs,
-):
+) -> T5CompactEncoder:
     """Load a `T5CompactEncoder` from a folder, a single file or a hub repo id (see its `from_pretrained`).
 
     `torch_dtype` (or `dtype`): a dtype, its name, or `"auto"`/None (the default, as in transformers 5: the

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    """Load the pipeline with the compact encoder, generate, save one image per prompt."""
+    import sys
     import time
     from pathlib import Path
 
@@ -71,7 +73,7 @@ def _generate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.pipeline, args.encoder, torch_dtype=dtype, device=None if args.cpu_offload else device)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
-    pipe.set_progress_bar_config(disable=not sys_stderr_is_tty())
+    pipe.set_progress_bar_config(disable=not sys.stderr.isatty())  # a bar only on a terminal
     loaded = time.perf_counter()
     call = {
         "num_inference_steps": args.steps,
@@ -93,10 +95,3 @@ def _generate(args: argparse.Namespace) -> int:
         f"generate {done - loaded:.1f} s"
     )
     return 0
-
-
-def sys_stderr_is_tty() -> bool:
-    """Show diffusers' progress bar only on an interactive terminal."""
-    import sys
-
-    return sys.stderr.isatty()
