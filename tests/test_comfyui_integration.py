@@ -362,6 +362,31 @@ def test_server_loads_the_pack_and_runs_a_graph(comfyui, tmp_path: Path) -> None
         log.close()
 
 
+CLONE_ONLY = """
+import asyncio, sys
+sys.modules["t5_compact"] = None  # as in a ComfyUI venv where t5-compact was never pip-installed
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import folder_paths, nodes
+folder_paths.add_model_folder_path("text_encoders", sys.argv[1], is_default=True)
+assert asyncio.run(nodes.load_custom_node(sys.argv[2]))
+clip, = nodes.NODE_CLASS_MAPPINGS["DualCLIPLoaderCompactT5"]().load_clip("clip_l.safetensors", sys.argv[3])
+print(tuple(nodes.CLIPTextEncode().encode(clip, "a cat")[0][0][0].shape))
+"""
+
+
+def test_clone_only_install_uses_the_core_shipped_in_the_checkout(comfyui, tmp_path: Path) -> None:
+    """Cloned into custom_nodes without `pip install`: the pack imports its sibling `t5_compact` relatively."""
+    _, models = comfyui
+    (tmp_path / "t5-compact").symlink_to(ROOT, target_is_directory=True)
+    args = [str(models), str(tmp_path / "t5-compact"), "DistillT5/model.safetensors"]
+    result = subprocess.run(
+        [sys.executable, "-c", CLONE_ONLY, *args], cwd=COMFYUI_PATH, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "(1, 256, 4096)"
+
+
 def test_memory_of_a_base_student_vs_t5xxl() -> None:
     """The README's memory claim, from parameter counts (bf16): T5-XXL encoder 4.76 B vs Base 130 M."""
     from comfyui_nodes import logic
