@@ -7,6 +7,7 @@ constructed on the meta device and the tensors are assigned to it, so a wrong fi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .geometry import (
     is_paper_config,
     paper_config_to_ours,
 )
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .modeling_t5_compact import T5CompactEncoder
@@ -494,6 +497,8 @@ def load_compact_encoder(
     unknown = set(kwargs) - _IGNORED_KWARGS
     if unknown:
         raise TypeError(f"T5CompactEncoder.from_pretrained got unexpected keyword arguments {sorted(unknown)}")
+    if kwargs.get("quantization_config") is not None:
+        logger.warning("%s: quantization_config is not supported for compact encoders; loading unquantized", source)
     if torch_dtype is not None and dtype is not None and resolve_dtype(torch_dtype) != resolve_dtype(dtype):
         raise ValueError(f"pass one of torch_dtype ({torch_dtype}) and dtype ({dtype}), not both")
     target = resolve_dtype(torch_dtype if torch_dtype is not None else dtype)
