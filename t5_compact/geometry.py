@@ -55,8 +55,7 @@ def check_is_compact(keys: Iterable[str], shapes: Shapes, source: str) -> None:
     if any(k.startswith(m) or f".{m}" in k for k in keys for m in _CLIP_MARKERS):
         raise NotACompactEncoderError(
             f"{source}: this is a CLIP text model (keys like 'text_model.*' / 'embeddings.token_embedding.*'), not a "
-            "compact T5 encoder; "
-            "load it in the CLIP slot (text_encoder / clip_l / clip_g) instead"
+            "compact T5 encoder; load it in the CLIP slot (text_encoder / clip_l / clip_g) instead"
         )
     canon = [canonical_key(k) for k in keys]
     if not any(k == "shared.weight" or k.startswith("encoder.block.") for k in canon):
