@@ -81,8 +81,8 @@ def train(config: TrainConfig) -> Path:
     stages = load_stages(config)
     heldout_prompts = load_heldout(config, stages)
     schedule = PromptSchedule(stages, config.train_batch_size, config.guidance_values(), config.seed)
-    family = pipeline_family(config.pretrained_model)
     cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
+    family = pipeline_family(config.pretrained_model)  # reads model_index.json only
     if cache is not None:
         expected = {"family": family, "max_sequence_length": config.max_sequence_length}
         if needs_clip(family, config):
@@ -233,6 +233,9 @@ def train(config: TrainConfig) -> Path:
             logs = {"loss": loss, "lr": lr, "grad_norm": result.grad_norm, "stage": stage}
             logs.update({f"loss/{c}": float(sums[0, i] / sums[1, i]) for i, c in enumerate(categories) if sums[1, i]})
             accelerator.log(logs, step=done)
+            if accelerator.is_main_process:
+                with open(output_dir / "train_log.jsonl", "a") as log_file:
+                    log_file.write(json.dumps({"step": done, **logs}) + "\n")
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", stage=stage)
         bar.update(1)
         if config.validation_steps and done % config.validation_steps == 0 and done != total_steps:

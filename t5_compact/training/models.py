@@ -56,7 +56,10 @@ def pipeline_family(source: str) -> str:
         raise ConfigError(f"unknown tiny model {source!r}; expected one of {sorted(TINY_MODELS)}")
     from ..pipelines import detect_family, read_pipeline_config
 
-    return detect_family(read_pipeline_config(source)["_class_name"])
+    try:
+        return detect_family(read_pipeline_config(source)["_class_name"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"pretrained_model {source!r}: not a usable FLUX / SD3 pipeline ({err})") from err
 
 
 def _tiny_components(source: str) -> dict:

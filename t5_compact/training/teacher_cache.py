@@ -19,12 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..distill import TextEmbeds
+from .config import ConfigError
 
 FORMAT = "t5-compact-teacher-cache"
 INDEX = "index.json"
 
 
-class TeacherCacheError(ValueError):
+class TeacherCacheError(ConfigError):
     """The cache is missing, incomplete for the requested prompts, or was made for another setup."""
 
 
