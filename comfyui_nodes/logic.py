@@ -38,6 +38,9 @@ DEVICE_OPTIONS = ["default", "cpu"]  # as the stock CLIPLoader / DualCLIPLoader
 SAFETENSORS_DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "float32": "fp32", "float16": "fp16"}
 SAFETENSORS_DTYPES |= {"bfloat16": "bf16", "torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
 T5_ONLY_TYPES = ["sd3", "chroma", "pixart"]
+# Compositions (see `model.py`) and the model family each one feeds, for messages.
+FAMILY_NAMES = {"flux": "FLUX.1", "sd3": "SD3", "sd3_t5_only": "SD3", "pixart": "PixArt / Chroma"}
+T5_ONLY_FAMILIES = {"sd3": "sd3_t5_only", "chroma": "pixart", "pixart": "pixart"}
 
 CATEGORY = "model/loaders/t5-compact"
 

@@ -23,7 +23,9 @@ import comfy.utils
 import torch
 from comfy import sd1_clip
 
-from .loader import CompactFile
+from . import logic
+from .core import errors
+from .loader import CompactFile, load_compact_file
 
 _ACTIVATIONS = {
     "relu": torch.nn.ReLU,
@@ -189,6 +191,7 @@ def build_clip(
     force_dtype_t5: bool,
     model_options: dict[str, Any],
     embedding_directory=None,
+    disable_dynamic: bool = False,
 ) -> comfy.sd.CLIP:
     """A `comfy.sd.CLIP` for `family` from loaded CLIP state dicts and a loaded compact T5 (as `load_clip` does)."""
     clip_cls, tokenizer_cls, extra = _FAMILIES[family]
@@ -208,7 +211,51 @@ def build_clip(
         tokenizer_data=tokenizer_data,
         state_dict=state_dicts,
         model_options=model_options,
+        disable_dynamic=disable_dynamic,
     )
+
+
+def load_compact_clip(
+    family: str,
+    compact_t5: tuple[str, str],
+    clips: tuple[tuple[str, str, str], ...],
+    dtype: str,
+    model_options: dict[str, Any],
+    embedding_directory=None,
+    disable_dynamic: bool = False,
+) -> comfy.sd.CLIP:
+    """Load the files and build the CLIP; every error names the node slot and the file.
+
+    `compact_t5` is (file name, path); `clips` are (slot, file name, path). Like the stock `comfy.sd.load_clip`,
+    it registers itself as the patcher's `cached_patcher_init`, so ComfyUI can rebuild the text encoder
+    (non-dynamic clones for hooks, multi-GPU copies).
+    """
+    name, path = compact_t5
+    try:
+        compact = load_compact_file(
+            path,
+            expected_width=logic.T5XXL_WIDTH,
+            family=logic.FAMILY_NAMES[family],
+            load_file=lambda p: comfy.utils.load_torch_file(p, safe_load=True),
+        )
+    except (errors.CheckpointError, errors.WidthMismatchError, errors.EncoderNotFoundError) as err:
+        raise logic.slot_error("compact_t5", name, err) from err
+    clip_sds = []
+    for slot, clip_name, clip_path in clips:
+        try:
+            clip_sds.append(load_clip_file(clip_path, slot))
+        except Exception as err:  # noqa: BLE001 - name the file whatever went wrong reading it
+            raise logic.slot_error(slot, clip_name, err) from err
+    dtype_t5, forced = logic.resolve_dtype_option(dtype, compact.stored_dtype)
+    clip = build_clip(family, compact, clip_sds, dtype_t5, forced, model_options, embedding_directory, disable_dynamic)
+    args = (family, compact_t5, clips, dtype, model_options, embedding_directory)
+    clip.patcher.cached_patcher_init = (load_compact_clip_patcher, args)
+    return clip
+
+
+def load_compact_clip_patcher(*args, disable_dynamic: bool = False):
+    """A freshly loaded CLIP's patcher: the `cached_patcher_init` factory (as `comfy.sd.load_clip_model_patcher`)."""
+    return load_compact_clip(*args, disable_dynamic=disable_dynamic).patcher
 
 
 def load_clip_file(path: str, slot: str) -> dict[str, torch.Tensor]:

@@ -225,6 +225,10 @@ def test_encoder_is_built_on_comfyuis_machinery(comfyui) -> None:
     assert isinstance(t5, comfy.text_encoders.t5.T5)  # ComfyUI's own T5, not a copy
     for layer in (t5.final_projection[0], t5.final_projection[3], t5.encoder.block[0].layer[0].SelfAttention.q):
         assert isinstance(layer, comfy.ops.manual_cast.Linear) and layer.weight.dtype == torch.bfloat16
+    # As stock loaders, it can rebuild itself (non-dynamic clones for hooks, multi-GPU copies).
+    factory, args = clip.patcher.cached_patcher_init
+    rebuilt = factory(*args, disable_dynamic=True)
+    assert not rebuilt.is_dynamic() and rebuilt.model.t5xxl.transformer.shared.weight.dtype == torch.bfloat16
     # The current calling convention: no input ids, embeddings instead.
     embeds = t5.get_input_embeddings()(torch.tensor([[1, 0, 0]]), out_dtype=torch.float32)
     out, _ = t5(None, None, embeds=embeds, dtype=torch.float32)
