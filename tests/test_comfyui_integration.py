@@ -1,5 +1,6 @@
 """The node pack inside a real ComfyUI checkout (marked `comfyui`; skipped unless COMFYUI_PATH is set).
 
+Last run green against ComfyUI v0.33.0, commit 783545f689a0af730065994b46b382ae24844c99 (2026-08-22), on CPU.
 Run it from the repository root with a venv that has ComfyUI's requirements and this package installed:
 
     COMFYUI_PATH=.comfyui .venv-comfy/bin/python -m pytest tests/test_comfyui_integration.py -m comfyui
