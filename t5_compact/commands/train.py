@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = "train a compact T5 student by step-following vision distillation (accelerate-ready)"
@@ -34,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"t5-compact train: error: {err}", file=sys.stderr)
         return 2
-    print(f"student written to {folder}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"student written to {folder}")
     return 0
 
 

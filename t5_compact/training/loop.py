@@ -93,6 +93,7 @@ def train(config: TrainConfig) -> Path:
 
     # 2. Accelerator and the frozen parts.
     accelerator = Accelerator(
+        cpu=_cpu_distributed(),
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
@@ -264,6 +265,14 @@ def export_student(student, folder: Path, comfyui: bool = False) -> None:
         from ..convert import save_comfyui
 
         save_comfyui(student, folder.parent / f"{folder.name}-comfyui.safetensors")
+
+
+def _cpu_distributed() -> bool:
+    """True for a multi-process launch (torchrun / `accelerate launch --multi_gpu`) on a machine without CUDA:
+    accelerate then needs `cpu=True` to use gloo (`accelerate launch --cpu` alone starts a single process)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _scalar_config(config: TrainConfig) -> dict:
