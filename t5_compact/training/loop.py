@@ -108,6 +108,10 @@ def train(config: TrainConfig) -> Path:
         weight_dtype=weight_dtype,
     )
     adapter = parts.adapter
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:  # shard the frozen transformer too (untested here)
+        adapter.transformer = accelerator.prepare_model(adapter.transformer)
     teacher = TeacherSource(parts.prompt_encoder, parts.teacher_t5, cache, zero_pooled=config.zero_pooled)
     negative = teacher([""], accelerator.device) if family == "sd3" else None
     heldout = build_heldout(
