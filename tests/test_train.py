@@ -201,3 +201,13 @@ def test_families_and_options_train(tmp_path, overrides):
 
         grid = image_array(tmp_path / "validation" / "step-0000008.png")
         assert grid.shape == (2 * 16, 2 * 16, 3)  # rows: prompts; columns: teacher | student
+
+
+def test_trajectory_mode_batched_timesteps_equal_one_by_one(tmp_path):
+    """Scoring all timesteps in one batched pass gives the same update as one timestep per pass."""
+    stages = [{"steps": 2, "sources": [{"prompts": SEMANTICS}]}]
+    one = run(tmp_path / "one", optimizer_step="trajectory", timesteps_per_pass=1, stages=stages)
+    batched = run(tmp_path / "all", optimizer_step="trajectory", timesteps_per_pass=0, stages=stages)
+    a, b = T5CompactEncoder.from_pretrained(one), T5CompactEncoder.from_pretrained(batched)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)

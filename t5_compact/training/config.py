@@ -38,6 +38,7 @@ class TrainConfig:
     guidance_range: list[float] = field(default_factory=lambda: [2.0, 5.0])
     guidance_interval: float = 0.5  # guidance sampled per batch from {min, min+interval, ..., max}
     optimizer_step: str = "timestep"  # timestep (paper: one update per timestep) | trajectory (accumulate)
+    timesteps_per_pass: int = 0  # trajectory mode: timesteps per batched student pass (0: all; lower saves memory)
     zero_pooled: bool = True  # zero CLIP's pooled vector for teacher and student (paper, FLUX)
     max_sequence_length: int = 77
     embedding_loss_weight: float = 0.0  # optional auxiliary MSE(student_emb, teacher_emb)

@@ -157,6 +157,7 @@ def train(config: TrainConfig) -> Path:
         embedding_loss_weight=config.embedding_loss_weight,
         seed=config.seed,
         negative=negative,
+        timesteps_per_pass=config.timesteps_per_pass,
     )
     categories = sorted({s.category for st in stages for s in st.sources})
     history_path = output_dir / "heldout.json"

@@ -60,6 +60,7 @@ class StepContext:
     embedding_loss_weight: float = 0.0
     seed: int = 0
     negative: TextEmbeds | None = None  # SD3: the teacher's encoding of "" (classifier-free guidance)
+    timesteps_per_pass: int = 0  # trajectory mode: timesteps scored per student pass (0: all at once)
 
 
 def _update(ctx: StepContext) -> float:
@@ -80,8 +81,8 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
     """Run one batch: teacher trajectory from seeded noise, L_vision at every timestep, optimizer update(s).
 
     `optimizer_step="timestep"` (the paper) updates after every timestep, re-encoding the prompt with the updated
-    student; `"trajectory"` encodes once, accumulates the gradients of all timesteps at the embedding and updates
-    once. Works for any batch size (latents are drawn for `len(batch.prompts)`)."""
+    student; `"trajectory"` encodes once, scores all timesteps in batched transformer passes, accumulates their
+    gradients at the embedding and updates once. Any batch size works (latents are drawn for `len(batch.prompts)`)."""
     acc, adapter = ctx.accelerator, ctx.adapter
     device = acc.device
     torch.manual_seed(step_seed(ctx.seed, batch.step, rank, stream=2))  # dropout: a function of the step
@@ -112,17 +113,23 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
             norms.append(_update(ctx))
             per_step.append(losses.detach())
     else:
+        # The teacher's trajectory does not depend on the student: run it first (sequential, no grad), then score
+        # the student at all its points in batched passes (`timesteps_per_pass` timesteps each) at fixed weights.
+        points = list(follow_teacher(adapter, teacher, latents, **kwargs))
         with acc.autocast():
             student_t5 = ctx.student(ids)[0]
         leaf = student_t5.detach().requires_grad_(True)
-        for point in follow_teacher(adapter, teacher, latents, **kwargs):
+        chunk = ctx.timesteps_per_pass or len(points)
+        for first in range(0, len(points), chunk):
+            group = points[first : first + chunk]
+            x = torch.cat([p.latents for p in group])
+            t = torch.cat([p.t.reshape(1).expand(size) for p in group])
+            cond = TextEmbeds.cat([teacher.with_t5(leaf)] * len(group))
             with acc.autocast():
-                v = adapter.velocity(
-                    point.latents, point.t, teacher.with_t5(leaf), batch.guidance, height=res, width=res
-                )
-                losses = vision_loss(v, point.velocity)
-            acc.backward(losses.mean() / ctx.num_steps)  # stops at `leaf`: no student / DDP work per timestep
-            per_step.append(losses.detach())
+                v = adapter.velocity(x, t, cond, batch.guidance, height=res, width=res)
+                losses = vision_loss(v, torch.cat([p.velocity for p in group])).view(len(group), size)
+            acc.backward(losses.mean(dim=1).sum() / ctx.num_steps)  # stops at `leaf`: no student / DDP work here
+            per_step.extend(losses.detach())
         scale = acc.scaler.get_scale() if getattr(acc, "scaler", None) is not None else 1.0
         surrogate = (student_t5.float() * (leaf.grad.float() / scale)).sum()
         if ctx.embedding_loss_weight:
