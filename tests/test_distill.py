@@ -30,6 +30,15 @@ FLUX_SCHEDULER = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops: several threads on a shared 2-core box are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _setup(family: str, dynamic_shift: bool, **kwargs):
     pipe = tiny_pipeline(family, **kwargs)
     if dynamic_shift:

@@ -65,6 +65,7 @@ class TrainConfig:
     # scale and precision
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False  # of the frozen transformer
+    cpu_threads: int = 0  # torch intra-op threads per process (0: torch's default); 1 suits tiny models
     transformer_storage_dtype: str | None = None  # e.g. float8_e4m3fn: frozen weights stored in fp8
     # output, checkpoints, logging
     output_dir: str = "t5-compact-student"

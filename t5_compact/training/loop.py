@@ -92,6 +92,8 @@ def train(config: TrainConfig) -> Path:
     output_dir = Path(config.output_dir)
 
     # 2. Accelerator and the frozen parts.
+    if config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
     accelerator = Accelerator(
         cpu=_cpu_distributed(),
         mixed_precision=config.mixed_precision,
