@@ -168,11 +168,15 @@ def fill_random_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every parameter cheap random values of a sensible scale (unit-variance inputs stay unit-variance).
 
     One uniform chunk (per dtype) is drawn from `seed`; each tensor copies it from an offset derived from its name,
-    scaled by `sqrt(3 / fan_in)` (weights), 1 (embeddings) or 0.1 (relative attention bias); norms get ones, biases
-    zeros. Deterministic in (seed, canonical parameter name, shape, dtype), so a compact encoder and its plain twin
+    scaled by `sqrt(3 / fan_in)` (weights; queries also by `d_kv ** -0.5`, as T5 folds the attention scaling into
+    its query init), 1 (embeddings) or 0.1 (relative attention bias); norms get ones, biases zeros. Without the
+    query scaling, attention logits are ~8x too large and softmax underflows into denormal floats, which CPUs
+    process many times slower: the timings would not be those of a trained model.
+    Deterministic in (seed, canonical parameter name, shape, dtype), so a compact encoder and its plain twin
     (`encoder.`-prefixed names) get the same values.
     """
     chunks: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+    d_kv = model.config.d_kv
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("layer_norm.weight") or name.endswith("norm.weight"):
@@ -185,6 +189,8 @@ def fill_random_(model: nn.Module, seed: int = 0) -> nn.Module:
                 scale = 0.1
             elif param.dim() == 2 and "shared" not in name and "embed" not in name:
                 scale = (3.0 / param.shape[1]) ** 0.5
+                if name.endswith("SelfAttention.q.weight"):
+                    scale *= d_kv**-0.5
             else:
                 scale = 1.0
             key = (param.dtype, param.device)
