@@ -136,6 +136,14 @@ def test_eval_flux_end_to_end(tmp_path, tiny_flux_dir, students, prompts_dir, cl
         assert by_label["small"]["summary"][category]["l_vision"] == pytest.approx(value, rel=1e-6)
 
 
+def test_eval_rejects_a_student_of_the_wrong_width(tmp_path, tiny_flux_dir, prompts_dir):
+    from t5_compact import WidthMismatchError
+
+    tiny_compact_encoder(out_dim=48).save_pretrained(tmp_path / "wide")
+    with pytest.raises(WidthMismatchError, match="joint_attention_dim=32"):
+        run_eval(tiny_flux_dir, str(tmp_path / "wide"), prompts_dir, tmp_path / "out")
+
+
 def test_eval_is_deterministic(tmp_path, tiny_flux_dir, students, prompts_dir):
     names = f"small={students['small']}"
     extra = ("--seeds", "0,1", "--teacher", str(tiny_flux_dir / "text_encoder_2"))

@@ -29,7 +29,7 @@ from ..distill import (
     sample,
 )
 from ..loading import resolve_dtype
-from ..pipelines import ENCODER_SLOTS, detect_family, read_pipeline_config
+from ..pipelines import ENCODER_SLOTS, check_width, detect_family, read_pipeline_config
 from .metrics import ClipScorer, latent_mse, psnr, ssim
 from .prompts import load_prompt_categories
 
@@ -141,6 +141,22 @@ def load_base_pipeline(settings: EvalSettings, dtype: torch.dtype):
     return pipe
 
 
+def check_student_widths(settings: EvalSettings) -> None:
+    """Fail before loading any model when a student's output width differs from the transformer's text width
+    (read from config and safetensors headers only)."""
+    from ..errors import WidthMismatchError
+    from ..loading import build_config, read_checkpoint, resolve_source
+
+    width = read_pipeline_config(settings.pipeline, "transformer/config.json")["joint_attention_dim"]
+    for label, source in settings.students:
+        config, _ = build_config(read_checkpoint(resolve_source(source)))
+        if config.projection_out_dim != width:
+            raise WidthMismatchError(
+                f"{source}: student {label!r} outputs width {config.projection_out_dim} but "
+                f"{settings.pipeline}/transformer expects joint_attention_dim={width}; use a student trained for it"
+            )
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
@@ -162,6 +178,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
     device = torch.device(settings.device)
     dtype = resolve_dtype(settings.dtype)
     categories = load_prompt_categories(settings.prompts, settings.max_prompts)
+    check_student_widths(settings)
     progress = dict(disable=not settings.progress, file=sys.stderr)
     pipe = load_base_pipeline(settings, dtype)
     family = detect_family(pipe)
@@ -175,6 +192,8 @@ def run_eval(settings: EvalSettings) -> EvalResult:
     size = dict(num_steps=settings.steps, height=side, width=side)
     use_cfg = family == "sd3" and settings.guidance > 1
     teacher_negative = encoder.encode([""], teacher_t5) if use_cfg else None
+    if device.type == "cuda":  # the teacher's embeddings are computed; free its (T5-XXL: ~9.5 GB) GPU memory
+        teacher_t5.to("cpu")
     vae = getattr(pipe, "vae", None)
     scorer = ClipScorer(settings.clip_model, device) if settings.clip_model else None
 
@@ -211,6 +230,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
 
     for label, source in tqdm(settings.students, desc="students", unit="student", **progress):
         student = T5CompactEncoder.from_pretrained(source, torch_dtype=dtype, device=device).eval()
+        check_width(student, adapter.text_width, f"{settings.pipeline}/transformer")
         l_vision = {c: 0.0 for c in categories}
         for seed in settings.seeds:
             values = heldout_vision_loss(
@@ -228,7 +248,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
                 l_vision[category] += value / len(settings.seeds)
         student_negative = encoder.encode([""], student) if use_cfg else None
         outcome = StudentResult(label, source, count_parameters(student), l_vision)
-        for category, seed in jobs:
+        for category, seed in tqdm(jobs, desc=f"{label}: sampling", unit="category×seed", leave=False, **progress):
             prompts = categories[category]
             noise = heldout_latents(adapter, len(prompts), side, side, seed)
             t5 = torch.cat(
