@@ -77,6 +77,20 @@ def test_random_base_builds_without_slow_init():
     assert out.shape == (1, 16, 4096) and torch.isfinite(out).all() and out.float().std() > 0
 
 
+def test_random_fill_has_t5_scales():
+    """Weights ~ 1/sqrt(fan_in), queries a further 1/sqrt(d_kv) (T5's init; without it softmax underflows into
+    denormals and CPU timings are several times too slow), norms one; deterministic."""
+    (spec,) = parse_encoders("tiny")
+    model = build_encoder(spec, torch.float32, seed=3)
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    fan_in, d_kv = model.config.d_model, model.config.d_kv
+    assert attention.k.weight.std().item() == pytest.approx(fan_in**-0.5, rel=0.1)
+    assert attention.q.weight.std().item() == pytest.approx((fan_in * d_kv) ** -0.5, rel=0.1)
+    assert torch.equal(model.encoder.final_layer_norm.weight, torch.ones(fan_in))
+    again = build_encoder(spec, torch.float32, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_plain_twin_gives_identical_outputs(dtype):
     ours = tiny_compact_encoder().to(dtype)
