@@ -57,9 +57,12 @@ def _reset_peak_rss() -> bool:
 def _current_rss() -> int:
     rss = _proc_status("VmRSS")
     if rss is None:
-        import psutil
+        try:
+            import psutil
 
-        rss = psutil.Process().memory_info().rss
+            rss = psutil.Process().memory_info().rss
+        except ImportError:  # no /proc and no psutil: the peak so far is the best available figure
+            rss = _peak_rss(False)[0]
     return rss
 
 
