@@ -27,6 +27,17 @@ class FamilyAdapter:
         self.scheduler_config = scheduler.config
         self.scheduler_class = type(scheduler)
         self.vae_scale_factor = int(vae_scale_factor)
+        self._constants: dict[tuple, torch.Tensor] = {}
+
+    def _constant(self, key: tuple, make) -> torch.Tensor:
+        """A no-grad input tensor that depends only on `key` (shapes, device, dtype), built once and reused by every
+        transformer call with that key (position ids, zero pooled vectors). The transformer never writes to them."""
+        value = self._constants.get(key)
+        if value is None:
+            if len(self._constants) > 64:
+                self._constants.clear()
+            value = self._constants[key] = make()
+        return value
 
     @property
     def text_width(self) -> int:
@@ -97,6 +108,11 @@ class FamilyAdapter:
         whose classifier-free guidance `follow_teacher` combines from two calls."""
         raise NotImplementedError
 
+    def _zero_pooled(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Float32 zeros `[batch, pooled_projection_dim]`: the pooled vector when the CLIP part is dropped."""
+        dim = self.transformer.config.pooled_projection_dim
+        return self._constant(("pooled", batch, dim, device), lambda: torch.zeros(batch, dim, device=device))
+
     @staticmethod
     def step(scheduler, velocity: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """One flow-matching Euler step `x_{t-1} = scheduler.step(v, t, x_t)` (float32)."""
@@ -139,11 +155,16 @@ class FluxAdapter(FamilyAdapter):
         return sigmas, self._mu(height, width)
 
     def velocity(self, latents, t, cond: TextEmbeds, guidance=None, *, height: int, width: int) -> torch.Tensor:
-        batch = latents.shape[0]
+        batch, device = latents.shape[0], latents.device
         h, w = self._latent_hw(height, width)
         dtype = self.dtype
-        img_ids = FluxPipeline._prepare_latent_image_ids(batch, h // 2, w // 2, latents.device, dtype)
-        txt_ids = torch.zeros(cond.t5.shape[1], 3, device=latents.device, dtype=dtype)
+        img_ids = self._constant(
+            ("img_ids", h, w, device, dtype),
+            lambda: FluxPipeline._prepare_latent_image_ids(batch, h // 2, w // 2, device, dtype),
+        )
+        seq = cond.t5.shape[1]
+        make_txt = lambda: torch.zeros(seq, 3, device=device, dtype=dtype)  # noqa: E731
+        txt_ids = self._constant(("txt_ids", seq, device, dtype), make_txt)
         if self.uses_guidance_embedding:
             if guidance is None:
                 raise ValueError("this FLUX transformer has a guidance embedding: pass a guidance value")
@@ -151,9 +172,7 @@ class FluxAdapter(FamilyAdapter):
             guidance = guidance.expand(batch) if guidance.numel() == 1 else guidance
         else:
             guidance = None
-        pooled = cond.pooled
-        if pooled is None:
-            pooled = torch.zeros(batch, self.transformer.config.pooled_projection_dim, device=latents.device)
+        pooled = cond.pooled if cond.pooled is not None else self._zero_pooled(batch, device)
         timestep = t.expand(batch).to(latents.dtype) if t.dim() == 0 else t.to(latents.dtype)
         out = self.transformer(
             hidden_states=latents.to(dtype),
@@ -204,9 +223,7 @@ class SD3Adapter(FamilyAdapter):
         """Conditional velocity; classifier-free guidance is combined by the caller (see `follow_teacher`)."""
         batch = latents.shape[0]
         dtype = self.dtype
-        pooled = cond.pooled
-        if pooled is None:
-            pooled = torch.zeros(batch, self.transformer.config.pooled_projection_dim, device=latents.device)
+        pooled = cond.pooled if cond.pooled is not None else self._zero_pooled(batch, latents.device)
         timestep = t.expand(batch) if t.dim() == 0 else t
         out = self.transformer(
             hidden_states=latents.to(dtype),

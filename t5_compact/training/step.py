@@ -27,7 +27,15 @@ class TeacherSource:
         self.encoder, self.teacher_t5, self.cache, self.zero_pooled = encoder, teacher_t5, cache, zero_pooled
 
     def __call__(self, prompts: list[str], device: torch.device) -> TextEmbeds:
-        embeds = self.cache.get(prompts) if self.cache is not None else self.encoder.encode(prompts, self.teacher_t5)
+        if self.cache is not None:
+            embeds = self.cache.get(prompts)
+        elif self.zero_pooled and self.encoder.family == "flux":
+            # FLUX takes only CLIP's pooled vector, which is zeroed: running CLIP would compute it to drop it.
+            with torch.no_grad():
+                ids = self.encoder.tokenize(prompts).to(next(self.teacher_t5.parameters()).device)
+                embeds = TextEmbeds(self.teacher_t5(ids)[0])
+        else:
+            embeds = self.encoder.encode(prompts, self.teacher_t5)
         embeds = embeds.to(device)
         return TextEmbeds(embeds.t5, embeds.clip, None) if self.zero_pooled else embeds
 
@@ -63,10 +71,11 @@ class StepContext:
     timesteps_per_pass: int = 0  # trajectory mode: timesteps scored per student pass (0: all at once)
 
 
-def _update(ctx: StepContext) -> float:
+def _update(ctx: StepContext, params: list[nn.Parameter]) -> torch.Tensor | float:
+    """Clip, step, zero. Returns the grad norm as returned (a tensor: no host sync here; `float` it once per batch)."""
     norm = 0.0
     if ctx.max_grad_norm:
-        norm = float(ctx.accelerator.clip_grad_norm_(ctx.student.parameters(), ctx.max_grad_norm))
+        norm = ctx.accelerator.clip_grad_norm_(params, ctx.max_grad_norm)
     ctx.optimizer.step()
     ctx.lr_scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -98,6 +107,7 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
     kwargs = dict(num_steps=ctx.num_steps, height=res, width=res, guidance=batch.guidance, negative=negative)
     per_step, norms = [], []
     ctx.student.train()
+    params = list(ctx.student.parameters())  # built once per batch, not at every update
     if ctx.optimizer_step == "timestep":
         for point in follow_teacher(adapter, teacher, latents, **kwargs):
             with acc.autocast():
@@ -110,7 +120,7 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
                 if ctx.embedding_loss_weight:
                     loss = loss + _aux_loss(ctx, student_t5, teacher)
             acc.backward(loss)
-            norms.append(_update(ctx))
+            norms.append(_update(ctx, params))
             per_step.append(losses.detach())
     else:
         # The teacher's trajectory does not depend on the student: run it first (sequential, no grad), then score
@@ -135,6 +145,6 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
         if ctx.embedding_loss_weight:
             surrogate = surrogate + _aux_loss(ctx, student_t5, teacher)
         acc.backward(surrogate)
-        norms.append(_update(ctx))
+        norms.append(_update(ctx, params))
     per_sample = torch.stack(per_step, dim=1).mean(dim=1)
-    return StepResult(per_sample, float(per_sample.mean()), norms[-1], len(norms))
+    return StepResult(per_sample, float(per_sample.mean()), float(norms[-1]), len(norms))
