@@ -41,8 +41,13 @@ class TransformerTimer:
     def __init__(self, module: torch.nn.Module):
         self.total = 0.0
         self._start = 0.0
-        module.register_forward_pre_hook(self._pre)
-        module.register_forward_hook(self._post)
+        self._hooks = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def close(self) -> float:
+        """Remove the hooks (variants run one after another on the same transformer); returns the total."""
+        for hook in self._hooks:
+            hook.remove()
+        return self.total
 
     def _pre(self, *args):
         self._start = time.perf_counter()
@@ -111,7 +116,7 @@ def reference_loop(parts, adapter, encoder, batches, num_steps: int, res: int) -
             updates += 1
             latents = adapter.step(scheduler, v_t, t, latents)
     elapsed = time.perf_counter() - start
-    return _result(elapsed, len(batches), updates, timer.total)
+    return _result(elapsed, len(batches), updates, timer.close())
 
 
 def our_loop(parts, adapter, encoder, batches, num_steps: int, cache: TeacherCache | None, mode: str) -> dict:
@@ -136,7 +141,40 @@ def our_loop(parts, adapter, encoder, batches, num_steps: int, cache: TeacherCac
     for batch in batches:
         updates += train_step(ctx, batch).updates
     elapsed = time.perf_counter() - start
-    return _result(elapsed, len(batches), updates, timer.total)
+    return _result(elapsed, len(batches), updates, timer.close())
+
+
+def transformer_floor(adapter, encoder, batches, num_steps: int, res: int, batched: bool) -> dict:
+    """Only the frozen-transformer work both loops share, nothing else: per trajectory the teacher's `num_steps`
+    no-grad passes, plus the student's passes with backward to the embedding, one per timestep or (`batched`) all
+    timesteps in one pass as the trajectory mode does. No encoders, no optimizer: a lower bound for either loop."""
+    seq, width = encoder.max_sequence_length, adapter.text_width
+    timer = TransformerTimer(adapter.transformer)
+    start = time.perf_counter()
+    for batch in batches:
+        size = len(batch.prompts)
+        teacher = TextEmbeds(torch.randn(size, seq, width))
+        leaf = torch.randn(size, seq, width, requires_grad=True)
+        latents = adapter.prepare_latents(size, res, res, generator=torch.Generator().manual_seed(0))
+        scheduler = adapter.new_scheduler()
+        points = []
+        for t in adapter.set_timesteps(scheduler, num_steps, res, res):
+            with torch.no_grad():
+                v_t = adapter.velocity(latents, t, teacher, batch.guidance, height=res, width=res)
+            if batched:
+                points.append((latents, t, v_t))
+            else:
+                v_s = adapter.velocity(latents, t, TextEmbeds(leaf), batch.guidance, height=res, width=res)
+                vision_loss(v_s, v_t).mean().backward()
+            latents = adapter.step(scheduler, v_t, t, latents)
+        if batched:
+            x = torch.cat([p[0] for p in points])
+            t = torch.cat([p[1].reshape(1).expand(size) for p in points])
+            cond = TextEmbeds(leaf.repeat(len(points), 1, 1))
+            v_s = adapter.velocity(x, t, cond, batch.guidance, height=res, width=res)
+            vision_loss(v_s, torch.cat([p[2] for p in points])).mean().backward()
+    elapsed = time.perf_counter() - start
+    return _result(elapsed, len(batches), 0, timer.close())
 
 
 def _result(elapsed: float, trajectories: int, updates: int, transformer: float) -> dict:
@@ -170,6 +208,12 @@ def cpu_bench(args) -> dict:
             ),
             "ours, teacher cache, update per trajectory": lambda b: our_loop(
                 parts, adapter, encoder, b, args.steps, cache, "trajectory"
+            ),
+            "floor: transformer work only, per timestep": lambda b: transformer_floor(
+                adapter, encoder, b, args.steps, args.resolution, batched=False
+            ),
+            "floor: transformer work only, batched": lambda b: transformer_floor(
+                adapter, encoder, b, args.steps, args.resolution, batched=True
             ),
         }
         results = {}
@@ -266,7 +310,7 @@ def main() -> None:
         report["cuda"] = cuda_bench(args) if torch.cuda.is_available() else "no CUDA device"
     for name, r in report["cpu"].items():
         print(
-            f"{name:48s} {r['seconds_per_trajectory']:7.3f} s/traj  {r['trajectories_per_s']:6.2f} traj/s  "
+            f"{name:50s} {r['seconds_per_trajectory']:7.3f} s/traj  {r['trajectories_per_s']:6.2f} traj/s  "
             f"{r['optimizer_steps_per_s']:7.2f} opt/s  transformer fwd {100 * r['transformer_forward_share']:4.1f}%"
             f"  x{r['time_vs_reference']:.2f} of reference time"
         )
