@@ -159,3 +159,16 @@ def test_heldout_vision_loss_is_deterministic_and_batch_size_independent():
     assert a == pytest.approx(b, rel=1e-5)
     teacher_as_student = heldout_vision_loss(adapter, teacher_t5, heldout, **kwargs)
     assert all(v == 0 for v in teacher_as_student.values())
+
+
+def test_flux_velocity_reuses_constants_only_for_matching_shapes():
+    """Position ids / zero pooled vectors kept across calls: alternating resolutions, batches and text lengths give
+    exactly what a fresh adapter computes."""
+    pipe, adapter, _, _ = _setup("flux", dynamic_shift=True)
+    t = torch.tensor(500.0)
+    for batch, res, seq in [(2, 32, 16), (3, 48, 16), (2, 32, 9), (2, 32, 16)]:
+        x = adapter.prepare_latents(batch, res, res, generator=torch.Generator().manual_seed(res))
+        cond = TextEmbeds(torch.randn(batch, seq, adapter.text_width, generator=torch.Generator().manual_seed(seq)))
+        got = adapter.velocity(x, t, cond, 3.5, height=res, width=res)
+        fresh = adapter_from_pipeline(pipe).velocity(x, t, cond, 3.5, height=res, width=res)
+        torch.testing.assert_close(got, fresh, rtol=0, atol=0)

@@ -120,3 +120,20 @@ def test_text_embeds_helpers():
     b = TextEmbeds.cat([a, a[:1]])
     assert len(b) == 3 and b.clip is None and b.pooled.shape == (3, 5)
     assert b.with_t5(torch.zeros(3, 3, 4)).pooled is b.pooled
+
+
+def test_flux_teacher_on_the_fly_with_zeroed_pooled_skips_clip_and_equals_cache(tmp_path):
+    from t5_compact.training.step import TeacherSource
+
+    pipe = tiny_pipeline("flux")
+    encoder = PromptEncoder.from_pipeline(pipe, max_sequence_length=12)  # CLIP loaded, as in train_bench
+    teacher = pipe.text_encoder_2
+    write_teacher_cache(tmp_path, PROMPTS, lambda b: encoder.encode(b, teacher), {"family": "flux"})
+    calls = []
+    encoder.clip_encoders[0].register_forward_hook(lambda *_: calls.append(1))
+    on_the_fly = TeacherSource(encoder, teacher, zero_pooled=True)(PROMPTS[:3], torch.device("cpu"))
+    cached = TeacherSource(encoder, cache=TeacherCache(tmp_path), zero_pooled=True)(PROMPTS[:3], torch.device("cpu"))
+    assert not calls and on_the_fly.pooled is None and on_the_fly.clip is None
+    torch.testing.assert_close(on_the_fly.t5, cached.t5, rtol=0, atol=0)
+    kept = TeacherSource(encoder, teacher, zero_pooled=False)(PROMPTS[:3], torch.device("cpu"))
+    assert calls and kept.pooled is not None
