@@ -17,17 +17,9 @@ from t5_compact.distill import (
     trajectory_vision_losses,
 )
 from t5_compact.tiny import tiny_compact_encoder, tiny_pipeline
+from t5_compact.training.models import FLUX_SCHEDULER
 
 PROMPTS = ["a red cat", "two dogs on a car next to a tree"]
-# FLUX.1's real scheduler settings: resolution-dependent shift.
-FLUX_SCHEDULER = dict(
-    use_dynamic_shifting=True,
-    shift=3.0,
-    base_image_seq_len=256,
-    max_image_seq_len=4096,
-    base_shift=0.5,
-    max_shift=1.15,
-)
 
 
 @pytest.fixture(autouse=True)
