@@ -46,3 +46,16 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_compact")
     tiny_compact_encoder().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def single_thread_fresh_accelerate():
+    """One torch thread (tiny ops on a shared 2-core box run many times slower with more) and a fresh
+    accelerate state, so each in-process training run builds its own Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(True)

@@ -15,15 +15,7 @@ from t5_compact.training.teacher_cache import TeacherCache, TeacherCacheError, w
 PROMPTS = [f"a red cat number {i}" for i in range(7)] + ["a sign that says 'hello'"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: several threads on a shared 2-core box are many times slower
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("single_thread_fresh_accelerate")
 
 
 def _sd3_encoder():

@@ -66,16 +66,7 @@ def tiny_values(output_dir: Path, **overrides) -> dict:
     return values
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (mixed precision differs between tests)."""
-    from accelerate.state import AcceleratorState
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: several threads on a shared 2-core box are many times slower
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("single_thread_fresh_accelerate")
 
 
 def run(output_dir: Path, **overrides) -> Path:
