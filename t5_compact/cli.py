@@ -24,15 +24,12 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available sub-command."""
-    parser = argparse.ArgumentParser(prog="t5-compact", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="t5-compact", description="Compact distilled T5 text encoders for FLUX.1 and Stable Diffusion 3."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"t5_compact.commands.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"t5_compact.commands.{module_name}":
-                raise
-            continue  # a command whose module is not there yet
+        module = importlib.import_module(f"t5_compact.commands.{module_name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
