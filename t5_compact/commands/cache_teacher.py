@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "encode every prompt of a training config with the teacher T5 (+ CLIP for SD3) into a sharded cache"
+HELP = "Encode every prompt of a training config with the teacher T5 (+ CLIP for SD3) into a sharded cache."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

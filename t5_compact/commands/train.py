@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-HELP = "train a compact T5 student by step-following vision distillation (accelerate-ready)"
+HELP = "Train a compact T5 student by step-following vision distillation (accelerate-ready)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
