@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-HELP = "benchmark encoders side by side: parameters, bytes on disk, peak memory, encode latency (markdown/JSON/PNG)"
+HELP = "Benchmark encoders side by side: parameters, bytes on disk, peak memory, encode latency (markdown/JSON/PNG)."
 
 
 def _int_list(text: str) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-HELP = "evaluate students against the teacher per prompt category: L_vision, latents MSE, PSNR/SSIM, CLIP score"
+HELP = "Evaluate students against the teacher per prompt category: L_vision, latents MSE, PSNR/SSIM, CLIP score."
 
 
 def _int_list(text: str) -> list[int]:
