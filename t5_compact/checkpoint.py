@@ -1,0 +1,259 @@
+"""Inspect a checkpoint from its headers only, and build and check the encoder config it implies.
+
+Reads safetensors headers (with truncation checks), `.bin`/`.pth` state dicts (`weights_only=True`), single-file,
+folder and sharded layouts, and the config from config.json (ours or the paper's) or the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PretrainedConfig
+
+from .configuration_t5_compact import T5CompactConfig
+from .errors import (
+    CheckpointError,
+    CheckpointKeysError,
+    CorruptCheckpointError,
+    EncoderNotFoundError,
+    NotACompactEncoderError,
+)
+from .geometry import (
+    canonical_shapes,
+    config_from_metadata,
+    infer_geometry,
+    is_paper_config,
+    paper_config_to_ours,
+)
+from .sources import TORCH_SUFFIXES, WEIGHT_SUFFIXES
+
+# Fields whose values are fixed by the tensors; a config that disagrees is an error, not a preference.
+_SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets")
+_PROJECTOR_FIELDS = ("projection_hidden_dim", "projection_out_dim", "projection_bias")
+
+
+@dataclass
+class Checkpoint:
+    """What a source holds, read from headers only: weight files, tensor shapes and dtypes, and config."""
+
+    source: str
+    files: list[Path]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str] = field(default_factory=dict)
+    config: dict | None = None
+    metadata_config: dict | None = None
+    key_file: dict[str, Path] = field(default_factory=dict)
+    # `.bin`/`.pth` state dicts have no header: they are loaded once (memory-mapped) and kept here.
+    torch_tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], dict[str, str]]:
+    """Shapes, dtypes and `__metadata__` of a safetensors file, reading only its header.
+
+    Also checks that the file holds every byte its header promises, so a truncated download is reported here and
+    not as an obscure error halfway through loading.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes is shorter than a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n <= 1 or n > min(size - 8, 100_000_000):
+                raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise CorruptCheckpointError(f"{path}: not a valid safetensors file ({err})") from err
+    metadata = header.pop("__metadata__", None) or {}
+    shapes, dtypes, end = {}, {}, 0
+    try:
+        for key, info in header.items():
+            shapes[key] = tuple(int(d) for d in info["shape"])
+            dtypes[key] = str(info["dtype"])
+            end = max(end, int(info["data_offsets"][1]))
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        raise CorruptCheckpointError(f"{path}: malformed safetensors header ({err})") from err
+    if 8 + n + end > size:
+        raise CorruptCheckpointError(
+            f"{path}: truncated: the header promises {8 + n + end} bytes, the file has {size} "
+            "(an interrupted download or copy?); download or convert it again"
+        )
+    return shapes, dtypes, metadata if isinstance(metadata, dict) else {}
+
+
+def _torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A `.bin`/`.pt`/`.pth` state dict, loaded with `weights_only=True` (never an arbitrary unpickle)."""
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # old (non-zip) serialization cannot be memory-mapped
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - refused globals, truncation, garbage: all mean "unreadable"
+        raise CorruptCheckpointError(
+            f"{path}: not a loadable torch state dict with weights_only=True ({type(err).__name__}: {err})"
+        ) from err
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CorruptCheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(sd).__name__}")
+    return sd
+
+
+def _folder_weight_files(path: Path, variant: str | None) -> tuple[list[Path], Path | None]:
+    """The weight files of a model folder and the shard index (if sharded)."""
+    infix = f".{variant}" if variant else ""
+    index = path / f"model{infix}.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CorruptCheckpointError(f"{index}: expected a non-empty 'weight_map'")
+        return sorted({path / f for f in weight_map.values()}), index
+    single = path / f"model{infix}.safetensors"
+    if single.exists():
+        return [single], None
+    if variant:
+        raise EncoderNotFoundError(f"{path}: no model{infix}.safetensors for variant {variant!r}")
+    files = sorted(path.glob("*.safetensors")) or sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES)
+    if not files and (path / "model_index.json").exists():
+        raise NotACompactEncoderError(
+            f"{path}: this is a diffusers pipeline folder, not a compact encoder; pass it as the pipeline (base) and "
+            "the compact encoder separately"
+        )
+    if len(files) != 1:
+        found = [f.name for f in files] or "no weight file"
+        raise CheckpointError(f"{path}: expected one model.safetensors (or a sharded index), found {found}")
+    return files, None
+
+
+def read_checkpoint(path: Path, variant: str | None = None) -> Checkpoint:
+    """Inspect a file or folder without loading tensors (`.bin`/`.pth` are loaded memory-mapped: no header)."""
+    path = Path(path)
+    config = None
+    if path.is_dir():
+        if (path / "config.json").exists():
+            config = _read_json(path / "config.json")
+        files, _ = _folder_weight_files(path, variant)
+    elif path.suffix in WEIGHT_SUFFIXES:
+        files = [path]
+        # A lone `model.safetensors` inside a model folder (e.g. a hub snapshot) keeps its folder's config.
+        sibling = path.with_name("config.json")
+        if path.name.startswith(("model", "pytorch_model")) and sibling.exists():
+            candidate = _read_json(sibling)
+            if candidate.get("model_type") == "t5_compact" or is_paper_config(candidate):
+                config = candidate
+    else:
+        raise CheckpointError(
+            f"{path}: unsupported file type {path.suffix!r}; expected a .safetensors file (or a .bin/.pth state dict)"
+        )
+    ckpt = Checkpoint(source=str(path), files=files, shapes={}, config=config)
+    for file in files:
+        if not file.exists():
+            raise EncoderNotFoundError(f"{file}: weight file listed by {path} is missing")
+        if file.suffix == ".safetensors":
+            shapes, dtypes, metadata = read_safetensors_header(file)
+            ckpt.metadata_config = ckpt.metadata_config or config_from_metadata(metadata, str(file))
+        else:
+            sd = _torch_state_dict(file)
+            ckpt.torch_tensors.update(sd)
+            shapes = {k: tuple(v.shape) for k, v in sd.items()}
+            dtypes = {k: str(v.dtype) for k, v in sd.items()}
+        ckpt.shapes.update(shapes)
+        ckpt.dtypes.update(dtypes)
+        ckpt.key_file.update(dict.fromkeys(shapes, file))
+    return ckpt
+
+
+def _config_fields(config: dict | PretrainedConfig | None) -> dict[str, object]:
+    """Our config fields from our config.json, the paper's config.json, or a config object."""
+    if isinstance(config, PretrainedConfig):
+        config = config.to_dict()
+    if not config:
+        return {}
+    if config.get("model_type") == "t5_compact":
+        skip = {"model_type", "transformers_version", "architectures", "_name_or_path"}
+        return {k: v for k, v in config.items() if k in T5CompactConfig.__dataclass_fields__ and k not in skip}
+    if is_paper_config(config):
+        return paper_config_to_ours(config)
+    return {}
+
+
+def build_config(
+    ckpt: Checkpoint, config: PretrainedConfig | dict | None = None
+) -> tuple[T5CompactConfig, dict[str, tuple[int, ...]]]:
+    """The config for a checkpoint, checked against its tensors; also returns the canonical shapes.
+
+    The fields come from `config` if given, else the folder's config.json (ours or the paper's), else the file's
+    safetensors metadata, else the tensor shapes alone (with the paper's defaults for what shapes cannot tell).
+    """
+    shapes = canonical_shapes(ckpt.shapes, ckpt.source)
+    inferred = infer_geometry(shapes, ckpt.source)
+    if config is not None:
+        fields, origin = _config_fields(config), "the config passed in"
+    elif ckpt.config is not None:
+        fields, origin = _config_fields(ckpt.config), "config.json"
+    else:
+        fields, origin = _config_fields(ckpt.metadata_config), "the file's metadata config"
+    for key in (*_SHAPE_FIELDS, *_PROJECTOR_FIELDS):
+        if key in fields and fields[key] != inferred[key]:
+            raise CheckpointKeysError(
+                f"{ckpt.source}: {origin} says {key}={fields[key]!r} but the weights have {key}={inferred[key]!r}"
+            )
+    gated = str(fields.get("feed_forward_proj", inferred["feed_forward_proj"])).startswith("gated-")
+    if gated != inferred["feed_forward_proj"].startswith("gated-"):
+        raise CheckpointKeysError(
+            f"{ckpt.source}: {origin} says feed_forward_proj={fields['feed_forward_proj']!r} but the weights "
+            f"{'have' if not gated else 'lack'} gated feed-forward tensors (wi_0/wi_1)"
+        )
+    merged = {**inferred, **fields}  # equal where both define a shape field; the config keeps activation choices
+    try:
+        result = T5CompactConfig(**merged)
+    except Exception as err:  # noqa: BLE001 - strict-dataclass validation raises several types
+        raise CheckpointError(f"{ckpt.source}: invalid encoder config: {err}") from err
+    return result, shapes
+
+
+def expected_shapes(config: T5CompactConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of a `T5CompactEncoder` with this config, computed on the meta device."""
+    from .modeling_t5_compact import T5CompactEncoder
+
+    with torch.device("meta"):
+        model = T5CompactEncoder(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes.pop("encoder.embed_tokens.weight", None)
+    return shapes
+
+
+def check_keys(config: T5CompactConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise `CheckpointKeysError` listing missing, unexpected or mis-shaped tensors."""
+    want = expected_shapes(config)
+    missing = sorted(set(want) - set(shapes))
+    unexpected = sorted(set(shapes) - set(want))
+    wrong = sorted(k for k in set(want) & set(shapes) if want[k] != shapes[k])
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors: {missing[:6]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensors: {unexpected[:6]}")
+        if wrong:
+            parts.append("wrong shapes: " + ", ".join(f"{k} {shapes[k]} != {want[k]}" for k in wrong[:6]))
+        raise CheckpointKeysError(
+            f"{source}: not a complete compact encoder (expected the {len(want)} tensors of a "
+            f"{config.num_layers}-layer d_model={config.d_model} encoder + projector): " + "; ".join(parts)
+        )
