@@ -77,7 +77,7 @@ class TrainConfig:
     validation_steps: int = 0  # every N steps: held-out L_vision per category (0: only at start and end)
     heldout_guidance: float = 3.5
     heldout_num_steps: int | None = None  # default: num_inference_steps
-    heldout_resolution: int | None = None  # default: resolution
+    heldout_resolution: int | None = None  # default: the first stage's resolution
     validation_prompts: list[str] = field(default_factory=list)
     validation_images_steps: int = 0  # every N steps: PNG grid teacher | student (0: off)
     export_comfyui: bool = False

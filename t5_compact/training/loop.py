@@ -163,6 +163,8 @@ def train(config: TrainConfig) -> Path:
     )
     categories = sorted({s.category for st in stages for s in st.sources})
     history_path = output_dir / "heldout.json"
+    # Held-out metric and validation images: at the first stage's training resolution unless set explicitly.
+    eval_resolution = config.heldout_resolution or stages[0].resolution
 
     def evaluate(step: int) -> None:
         if not heldout or not accelerator.is_main_process:
@@ -172,8 +174,8 @@ def train(config: TrainConfig) -> Path:
             accelerator.unwrap_model(student),
             heldout,
             num_steps=config.heldout_num_steps or config.num_inference_steps,
-            height=config.heldout_resolution or config.resolution,
-            width=config.heldout_resolution or config.resolution,
+            height=eval_resolution,
+            width=eval_resolution,
             guidance=config.heldout_guidance,
             seed=config.seed,
             batch_size=config.train_batch_size,
@@ -190,7 +192,7 @@ def train(config: TrainConfig) -> Path:
             return
         from .validation import save_validation_grid
 
-        res = config.heldout_resolution or config.resolution
+        res = eval_resolution
         cond = teacher(config.validation_prompts, accelerator.device)
         with torch.no_grad():
             student_t5 = accelerator.unwrap_model(student).eval()(
