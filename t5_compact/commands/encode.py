@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from . import DTYPES, run_reporting_errors
+
 HELP = "Encode prompts with a compact encoder; print shapes and statistics, optionally save them."
 
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 # The pipelines' default `max_sequence_length` when none is given.
 DEFAULT_MAX_LENGTH = {"flux": 512, "sd3": 256, None: 512}
 TOKENIZER_SLOTS = {"flux": "tokenizer_2", "sd3": "tokenizer_3"}
@@ -52,15 +53,7 @@ def load_tokenizer(tokenizer: str | None, pipeline: str | None, encoder: str):
 
 def run(args: argparse.Namespace) -> int:
     """Encode the prompts; exit code 2 with a one-line message for a bad encoder, tokenizer or path."""
-    import sys
-
-    from ..errors import USER_ERRORS
-
-    try:
-        return _encode(args)
-    except USER_ERRORS as err:
-        print(f"t5-compact encode: error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("encode", _encode, args)
 
 
 def _encode(args: argparse.Namespace) -> int:

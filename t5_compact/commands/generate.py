@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Generate images with a FLUX or SD3 pipeline whose T5-XXL is replaced by a compact encoder."
+from . import DTYPES, run_reporting_errors
 
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+HELP = "Generate images with a FLUX or SD3 pipeline whose T5-XXL is replaced by a compact encoder."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,15 +44,7 @@ def output_paths(output: str, n: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Generate; exit code 2 with a one-line message for a bad encoder, pipeline or width mismatch."""
-    import sys
-
-    from ..errors import USER_ERRORS
-
-    try:
-        return _generate(args)
-    except USER_ERRORS as err:
-        print(f"t5-compact generate: error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("generate", _generate, args)
 
 
 def _generate(args: argparse.Namespace) -> int:
