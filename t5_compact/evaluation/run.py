@@ -29,7 +29,7 @@ from ..distill import (
     sample,
 )
 from ..loading import resolve_dtype
-from ..pipelines import ENCODER_SLOTS, check_width, detect_family, read_pipeline_config
+from ..pipelines import ENCODER_SLOTS, check_width, detect_family, pipeline_family, read_pipeline_config
 from .metrics import ClipScorer, latent_mse, psnr, ssim
 from .prompts import load_prompt_categories
 
@@ -130,7 +130,7 @@ def load_base_pipeline(settings: EvalSettings, dtype: torch.dtype):
     from diffusers import DiffusionPipeline
     from packaging import version
 
-    family = detect_family(read_pipeline_config(settings.pipeline)["_class_name"])
+    family = pipeline_family(settings.pipeline)
     components = {}
     if settings.teacher:
         components[ENCODER_SLOTS[family]] = load_teacher(settings.teacher, dtype)
