@@ -54,11 +54,11 @@ def pipeline_family(source: str) -> str:
         return TINY_MODELS[source][0]
     if source.startswith("tiny:"):
         raise ConfigError(f"unknown tiny model {source!r}; expected one of {sorted(TINY_MODELS)}")
-    from ..pipelines import detect_family, read_pipeline_config
+    from .. import pipelines
 
     try:
-        return detect_family(read_pipeline_config(source)["_class_name"])
-    except (OSError, ValueError, KeyError) as err:
+        return pipelines.pipeline_family(source)
+    except (OSError, ValueError) as err:
         raise ConfigError(f"pretrained_model {source!r}: not a usable FLUX / SD3 pipeline ({err})") from err
 
 
