@@ -89,9 +89,7 @@ def load_pipeline(
     the pipeline's dtype; None/"auto" keeps diffusers' default. Other keyword arguments go to
     `DiffusionPipeline.from_pretrained`.
     """
-    import diffusers
     from diffusers import DiffusionPipeline
-    from packaging import version
 
     if "dtype" in pipeline_kwargs:
         if torch_dtype is not None:
@@ -109,9 +107,7 @@ def load_pipeline(
         encoder = T5CompactEncoder.from_pretrained(encoder, torch_dtype=dtype)
     check_width(encoder, transformer_config["joint_attention_dim"], f"{base} (transformer/config.json)")
     if dtype is not None:
-        # diffusers renamed `torch_dtype` to `dtype` in 0.42 (the old name warns); pass the one it knows.
-        new_name = version.parse(diffusers.__version__).release >= (0, 42)
-        pipeline_kwargs["dtype" if new_name else "torch_dtype"] = dtype
+        pipeline_kwargs["dtype"] = dtype  # diffusers >= 0.42 (our lower bound) names it `dtype`
     pipe = DiffusionPipeline.from_pretrained(base, **{slot: encoder}, **pipeline_kwargs)
     cast_encoder(encoder, pipe.transformer.dtype)
     encoder.eval()

@@ -126,16 +126,13 @@ def load_teacher(source: str, dtype: torch.dtype) -> torch.nn.Module:
 
 def load_base_pipeline(settings: EvalSettings, dtype: torch.dtype):
     """The FLUX / SD3 pipeline, with `settings.teacher` in its T5 slot when given."""
-    import diffusers
     from diffusers import DiffusionPipeline
-    from packaging import version
 
     family = pipeline_family(settings.pipeline)
     components = {}
     if settings.teacher:
         components[ENCODER_SLOTS[family]] = load_teacher(settings.teacher, dtype)
-    dtype_kwarg = "dtype" if version.parse(diffusers.__version__).release >= (0, 42) else "torch_dtype"
-    pipe = DiffusionPipeline.from_pretrained(settings.pipeline, **{dtype_kwarg: dtype}, **components)
+    pipe = DiffusionPipeline.from_pretrained(settings.pipeline, dtype=dtype, **components)
     pipe.to(settings.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -58,7 +58,10 @@ def write_teacher_cache(
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / INDEX
     if index_path.exists():
-        index = json.loads(index_path.read_text())
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as err:
+            raise TeacherCacheError(f"{index_path}: corrupt index ({err}); delete the folder to rebuild it") from err
         if index.get("meta") != meta:
             raise TeacherCacheError(
                 f"{directory}: existing cache was made with {index.get('meta')}, not {meta}; use another folder"
