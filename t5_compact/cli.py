@@ -1,8 +1,9 @@
 """`t5-compact` command line: one sub-command per module in `t5_compact.commands`.
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`; heavy imports
-happen inside `run` so `t5-compact --help` stays fast. Also runnable as `python -m t5_compact.cli` (which is what
-`accelerate launch -m t5_compact.cli train ...` uses).
+happen inside `run` so `t5-compact --help` stays fast. Every command runs through
+`commands.run_reporting_errors`: a bad input is one line on stderr and exit code 2, Ctrl-C exit code 130.
+Also runnable as `python -m t5_compact.cli` (which is what `accelerate launch -m t5_compact.cli train ...` uses).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default: `sys.argv[1:]`) and run the chosen command; returns its exit code."""
+    from .commands import run_reporting_errors
+
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    return int(run_reporting_errors(args.command, args._run, args) or 0)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Exceptions raised for bad checkpoints and mismatched components.
 
-All are `ValueError` (or `FileNotFoundError`) subclasses so callers that catch the builtin types keep working;
-each message names the file or value at fault and what was expected.
+Standard library only (importable without torch). All are `ValueError` (or `FileNotFoundError`) subclasses so
+callers that catch the builtin types keep working; each message names the file or value at fault and what was expected.
 """
 
 from __future__ import annotations
@@ -31,5 +31,13 @@ class EncoderNotFoundError(FileNotFoundError):
     """The path does not exist, or the hub repo cannot be resolved (e.g. not cached while offline)."""
 
 
+class UsageError(ValueError):
+    """A bad command-line option or input value (a negative length, an output name of the wrong type, ...)."""
+
+
+class DeviceError(UsageError):
+    """The requested device does not exist on this machine (e.g. `cuda` without a GPU)."""
+
+
 # What a command-line tool reports as a one-line error (exit code 2) instead of a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, WidthMismatchError, EncoderNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, WidthMismatchError, EncoderNotFoundError, UsageError)

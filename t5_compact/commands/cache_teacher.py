@@ -34,4 +34,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return main(args)
+    from . import run_reporting_errors
+
+    return run_reporting_errors("cache-teacher", main, args)

@@ -26,23 +26,31 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     """Build the config (file + flags, validated before any model loads) and train."""
     from ..training.config import ConfigError, config_from_args
+    from ..training.interrupt import TrainingInterrupted, graceful_stop
 
     try:
         config = config_from_args(args)
         from ..training.loop import train
 
-        folder = train(config)
+        with graceful_stop():
+            folder = train(config)
     except ConfigError as err:
         print(f"t5-compact train: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"t5-compact train: {stop}", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"student written to {folder}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    return main(args)
+    from . import run_reporting_errors
+
+    return run_reporting_errors("train", main, args)
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(run(parse_args()))

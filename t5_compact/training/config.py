@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A bad training config or prompt file (raised before any model loads)."""
 
 
@@ -109,6 +111,32 @@ _CHOICES = {
     "mixed_precision": ("no", "bf16", "fp16"),
     "report_to": ("tensorboard", "none"),
 }
+# Numeric keys that must be > 0 (None allowed where the type is optional) and >= 0.
+_POSITIVE = (
+    "learning_rate",
+    "adam_epsilon",
+    "max_sequence_length",
+    "resolution",
+    "max_train_steps",
+    "checkpointing_steps",
+    "logging_steps",
+    "cache_shard_size",
+    "heldout_num_steps",
+    "heldout_resolution",
+)
+_NON_NEGATIVE = (
+    "weight_decay",
+    "max_grad_norm",
+    "lr_warmup_steps",
+    "heldout_count",
+    "timesteps_per_pass",
+    "embedding_loss_weight",
+    "cpu_threads",
+    "validation_steps",
+    "validation_images_steps",
+    "seed",
+    "guidance_interval",
+)
 _STAGE_KEYS = {"name", "sources", "steps", "resolution"}
 _SOURCE_KEYS = {"path", "category", "weight", "field", "prompts"}
 
@@ -231,6 +259,19 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(f"guidance_range must be [min, max] with min <= max, got {config.guidance_range}")
     if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
         raise ConfigError("checkpoints_total_limit must be at least 1")
+    for name in _POSITIVE:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"config key {name!r} must be positive, got {value!r}")
+    for name in _NON_NEGATIVE:
+        if not getattr(config, name) >= 0:
+            raise ConfigError(f"config key {name!r} must be zero or positive, got {getattr(config, name)!r}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"config key {name!r} must be in [0, 1), got {getattr(config, name)!r}")
+    out = Path(config.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {config.output_dir}: exists and is not a folder")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from ..distill import build_heldout, heldout_vision_loss
-from .checkpoints import read_state, resolve_resume, save_checkpoint
+from ..fileio import atomic_write_text
+from . import interrupt
+from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint, trim_log
 from .config import TrainConfig
 from .data import PromptSchedule, load_heldout, load_stages
 from .models import build_student, load_components, pipeline_family
@@ -141,8 +143,7 @@ def train(config: TrainConfig) -> Path:
 
     start_step = 0
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        start_step = read_state(resume_from)["step"]
+        start_step = load_checkpoint(accelerator, resume_from)
         logger.info("resumed from %s at step %d", resume_from, start_step)
 
     ctx = StepContext(
@@ -184,7 +185,7 @@ def train(config: TrainConfig) -> Path:
         )
         history = json.loads(history_path.read_text()) if history_path.exists() else []
         history = [h for h in history if h["step"] < step] + [{"step": step, "L_vision": values}]
-        history_path.write_text(json.dumps(history, indent=1))
+        atomic_write_text(history_path, json.dumps(history, indent=1))
         accelerator.log({f"heldout/L_vision/{c}": v for c, v in values.items()}, step=step)
 
     def validation_images(step: int) -> None:
@@ -214,6 +215,7 @@ def train(config: TrainConfig) -> Path:
     vae = parts.vae_loader().to(accelerator.device) if config.validation_prompts else None
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        trim_log(output_dir / "train_log.jsonl", start_step)  # drop what a killed run logged after its checkpoint
     if start_step == 0:
         evaluate(0)
         if config.validation_images_steps:
@@ -225,6 +227,7 @@ def train(config: TrainConfig) -> Path:
     )
     rank = accelerator.process_index
     stage = schedule.stage_of(start_step)
+    interrupt.arm()
     for step in range(start_step, total_steps):
         batch = schedule.batch(step, rank)
         if batch.stage != stage or step == start_step:
@@ -255,6 +258,13 @@ def train(config: TrainConfig) -> Path:
         if done % config.checkpointing_steps == 0 or done == total_steps:
             state = {"step": done, "stage": stage, "loss": loss if math.isfinite(loss) else None}
             save_checkpoint(accelerator, output_dir, done, state, config.checkpoints_total_limit)
+        if interrupt.stop_requested(accelerator):  # Ctrl-C / SIGTERM: save (unless just saved) and stop
+            state = {"step": done, "stage": stage, "loss": loss if math.isfinite(loss) else None}
+            saved = output_dir / f"checkpoint-{done}"
+            if not (done % config.checkpointing_steps == 0 or done == total_steps):
+                save_checkpoint(accelerator, output_dir, done, state, config.checkpoints_total_limit)
+            raise interrupt.TrainingInterrupted(done, saved)
+    interrupt.arm(False)
     bar.close()
 
     evaluate(total_steps)
