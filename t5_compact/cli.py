@@ -23,9 +23,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (`t5-compact encode: error: ...`) and exit code 2, like every error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="t5-compact", description="Compact distilled T5 text encoders for FLUX.1 and Stable Diffusion 3."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

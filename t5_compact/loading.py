@@ -24,6 +24,7 @@ from .checkpoint import (
     read_checkpoint,
     read_safetensors_header,
 )
+from .devices import check_device
 from .errors import CheckpointKeysError, CorruptCheckpointError
 from .geometry import canonical_key
 from .sources import is_offline, looks_like_repo_id, resolve_source
@@ -188,6 +189,7 @@ def load_compact_encoder(
     if config is not None and not isinstance(config, PretrainedConfig):
         raise TypeError(f"config must be a T5CompactConfig, got {type(config).__name__}")
     device = _resolve_device(device, device_map)
+    check_device(device)  # a missing GPU is a device error, never blamed on the checkpoint file
 
     path = resolve_source(
         source,

@@ -136,12 +136,12 @@ def test_eval_flux_end_to_end(tmp_path, tiny_flux_dir, students, prompts_dir, cl
         assert by_label["small"]["summary"][category]["l_vision"] == pytest.approx(value, rel=1e-6)
 
 
-def test_eval_rejects_a_student_of_the_wrong_width(tmp_path, tiny_flux_dir, prompts_dir):
-    from t5_compact import WidthMismatchError
-
+def test_eval_rejects_a_student_of_the_wrong_width(tmp_path, tiny_flux_dir, prompts_dir, capsys):
     tiny_compact_encoder(out_dim=48).save_pretrained(tmp_path / "wide")
-    with pytest.raises(WidthMismatchError, match="joint_attention_dim=32"):
-        run_eval(tiny_flux_dir, str(tmp_path / "wide"), prompts_dir, tmp_path / "out")
+    argv = ["eval", "--pipeline", str(tiny_flux_dir), "--students", str(tmp_path / "wide"), "--prompts"]
+    assert main([*argv, str(prompts_dir), "--steps", "2", "--resolution", "32", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("t5-compact eval: error: ") and "joint_attention_dim=32" in err
 
 
 def test_eval_is_deterministic(tmp_path, tiny_flux_dir, students, prompts_dir):

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import T5Config, T5EncoderModel
 
 from ..configuration_t5_compact import STUDENT_SIZES, T5_GEOMETRIES, T5CompactConfig, compact_config
+from ..errors import EncoderNotFoundError, UsageError
 from ..geometry import canonical_key
 from ..loading import cast_encoder
 from ..modeling_t5_compact import T5CompactEncoder
@@ -36,6 +37,7 @@ TINY_COMPACT = dict(
     vocab_size=1024, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2, projection_hidden_dim=256
 )
 TINY_NAMES = ("tiny-t5", "tiny")
+BUILTIN_NAMES = (*TEACHER_NAMES, *STUDENT_SIZES, *TINY_NAMES)
 _CHUNK = 1 << 20  # elements of the random chunk that fills every tensor
 
 
@@ -58,11 +60,11 @@ def parse_encoders(text: str) -> list[EncoderSpec]:
     """Parse a comma-separated `--encoders` value; labels must be unique."""
     specs = [parse_encoder(item.strip()) for item in text.split(",") if item.strip()]
     if not specs:
-        raise ValueError("--encoders: no encoder given")
+        raise UsageError("--encoders: no encoder given")
     labels = [s.label for s in specs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
-        raise ValueError(f"--encoders: duplicate labels {duplicates}; name entries with LABEL=SOURCE")
+        raise UsageError(f"--encoders: duplicate labels {duplicates}; name entries with LABEL=SOURCE")
     return specs
 
 
@@ -73,11 +75,11 @@ def parse_encoder(text: str) -> EncoderSpec:
         label, source = "", text
     label, source = label.strip(), source.strip()
     if not source:
-        raise ValueError(f"--encoders: empty source in {text!r}")
+        raise UsageError(f"--encoders: empty source in {text!r}")
     if source.startswith("plain:"):
         inner = parse_encoder(source.removeprefix("plain:"))
         if inner.kind != "compact":
-            raise ValueError(f"--encoders: plain:{inner.source} needs a compact encoder, got a plain T5 encoder")
+            raise UsageError(f"--encoders: plain:{inner.source} needs a compact encoder, got a plain T5 encoder")
         return EncoderSpec(label or f"{inner.label} (plain transformers)", inner.source, "plain", inner.random)
     name = source.lower()
     if name in TEACHER_NAMES:
@@ -107,10 +109,19 @@ def detect_kind(source: str) -> str:
         return "compact"
     if path.is_dir():
         config_file = path / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        try:
+            config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise EncoderNotFoundError(f"{config_file}: not a readable JSON file ({err})") from err
     else:
         from ..pipelines import read_pipeline_config
+        from ..sources import looks_like_repo_id
 
+        if not looks_like_repo_id(source):
+            raise EncoderNotFoundError(
+                f"--encoders: {source}: no such file or folder, and not a built-in name ({', '.join(BUILTIN_NAMES)}) "
+                "or a hub repo id (owner/name)"
+            )
         config = read_pipeline_config(source, "config.json")
     return "t5" if _is_plain_t5(config) else "compact"
 

@@ -70,7 +70,9 @@ def pick_reference(specs: list[EncoderSpec], models: dict[str, torch.nn.Module],
     labels = [s.label for s in specs]
     if wanted is not None:
         if wanted not in labels:
-            raise ValueError(f"--reference {wanted!r} is not one of the encoders {labels}")
+            from ..errors import UsageError
+
+            raise UsageError(f"--reference {wanted!r} is not one of the encoders {labels}")
         return wanted
     teachers = [s.label for s in specs if s.kind == "t5"]
     wide = [label for label in teachers if models[label].config.d_model == 4096]
@@ -79,12 +81,14 @@ def pick_reference(specs: list[EncoderSpec], models: dict[str, torch.nn.Module],
 
 def run_bench(settings: BenchSettings) -> BenchResult:
     """Measure every encoder of `settings`; returns the result (write it with `report.write_outputs`)."""
+    from ..devices import check_device
+    from ..errors import UsageError
+
+    check_device(settings.device)
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
     dtype = resolve_dtype(settings.dtype)
     if dtype not in DTYPE_NAMES:
-        raise ValueError(f"--dtype must be fp32, bf16 or fp16, got {settings.dtype!r}")
+        raise UsageError(f"--dtype must be fp32, bf16 or fp16, got {settings.dtype!r}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     threads = torch.get_num_threads()

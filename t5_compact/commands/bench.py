@@ -60,7 +60,18 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import run_reporting_errors
+
+    return run_reporting_errors("bench", _bench, args)
+
+
+def _bench(args: argparse.Namespace) -> int:
     from ..bench import BenchSettings, run_bench, to_markdown, write_outputs
+    from ..devices import check_device
+    from . import check_positive
+
+    check_positive(args, "repeats", "threads", zero_ok=("warmup",))
+    check_device(args.device)
 
     settings = BenchSettings.from_strings(
         args.encoders,

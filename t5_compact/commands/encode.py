@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import DTYPES, run_reporting_errors
+from . import DTYPES, check_output_file, check_positive, run_reporting_errors
 
 HELP = "Encode prompts with a compact encoder; print shapes and statistics, optionally save them."
 
@@ -45,7 +45,9 @@ def load_tokenizer(tokenizer: str | None, pipeline: str | None, encoder: str):
         return AutoTokenizer.from_pretrained(pipeline, subfolder=TOKENIZER_SLOTS[family]), family
     if (Path(encoder) / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(encoder), None
-    raise SystemExit(
+    from ..errors import UsageError
+
+    raise UsageError(
         f"{encoder}: no tokenizer found (the paper's checkpoints ship none); pass --tokenizer PATH_OR_ID "
         "(a T5 tokenizer such as google/t5-v1_1-xxl) or --pipeline BASE to use the pipeline's T5 tokenizer"
     )
@@ -61,12 +63,17 @@ def _encode(args: argparse.Namespace) -> int:
     import json
 
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from ..devices import check_device
+    from ..errors import UsageError
     from ..modeling_t5_compact import T5CompactEncoder
 
-    if args.out and not args.out.endswith(".safetensors"):
-        raise SystemExit(f"--out {args.out}: expected a .safetensors file name")
+    check_positive(args, "max_length")
+    check_device(args.device)
+    if args.out:
+        check_output_file(args.out, (".safetensors",), "--out")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = T5CompactEncoder.from_pretrained(args.encoder, torch_dtype=args.dtype, device=device)
     tokenizer, family = load_tokenizer(args.tokenizer, args.pipeline, args.encoder)
@@ -74,7 +81,7 @@ def _encode(args: argparse.Namespace) -> int:
     batch = tokenizer(args.prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     ids = batch.input_ids
     if int(ids.max()) >= encoder.config.vocab_size:
-        raise SystemExit(
+        raise UsageError(
             f"the tokenizer produced id {int(ids.max())} but {args.encoder} has vocab_size "
             f"{encoder.config.vocab_size}; use the T5 tokenizer the encoder was trained with"
         )
@@ -93,6 +100,9 @@ def _encode(args: argparse.Namespace) -> int:
     if args.out:
         tensors = {"prompt_embeds": embeds.detach().cpu().contiguous(), "input_ids": ids.contiguous()}
         metadata = {"prompts": json.dumps(args.prompts), "encoder": str(args.encoder), "max_length": str(max_length)}
-        save_file(tensors, args.out, metadata=metadata)
+        try:
+            save_file(tensors, args.out, metadata=metadata)
+        except SafetensorError as err:  # an unwritable folder, a full disk
+            raise OSError(f"{args.out}: cannot write ({err})") from err
         print(f"wrote {args.out}")
     return 0 if bool(torch.isfinite(stats).all()) else 1

@@ -64,10 +64,22 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import run_reporting_errors
+
+    return run_reporting_errors("eval", _eval, args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..devices import check_device
+    from ..errors import UsageError
     from ..evaluation import EvalSettings, parse_students, run_eval, write_report
+    from . import check_positive
 
     if not args.seeds:
-        raise SystemExit("--seeds: give at least one seed")
+        raise UsageError("--seeds: give at least one seed")
+    check_positive(args, "steps", "resolution", "max_sequence_length", "batch_size", "grid_rows", "threads")
+    check_positive(args, zero_ok=("max_prompts", "guidance"))
+    check_device(args.device)
     settings = EvalSettings(
         pipeline=args.pipeline,
         students=parse_students(args.students),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import DTYPES, run_reporting_errors
+from . import DTYPES, check_output_file, check_positive, run_reporting_errors
 
 HELP = "Generate images with a FLUX or SD3 pipeline whose T5-XXL is replaced by a compact encoder."
 
@@ -54,9 +54,17 @@ def _generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
+    from PIL import Image
 
+    from ..devices import check_device
     from ..pipelines import load_pipeline
 
+    check_positive(args, "steps", "height", "width", "max_sequence_length", zero_ok=("guidance",))
+    check_device(args.device)
+    Image.init()
+    writable = tuple(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+    for path in output_paths(args.output, len(args.prompts)):  # before generating, not after
+        check_output_file(path, writable, "-o/--output", "an image file name (.png, .jpg, .webp, ...)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype
     if dtype == "auto":

@@ -37,7 +37,9 @@ def load_prompt_categories(
     categories: dict[str, list[str]] = {}
     for path in prompt_files(spec):
         if path.stem in categories:
-            raise ValueError(f"{path}: two prompt files give category {path.stem!r}; rename one")
+            from ..errors import UsageError
+
+            raise UsageError(f"{path}: two prompt files give category {path.stem!r}; rename one")
         prompts = read_prompts(path)
         categories[path.stem] = prompts[:max_per_category] if max_per_category else prompts
     return categories

@@ -107,7 +107,9 @@ def parse_students(text: str) -> list[tuple[str, str]]:
         out.append((label.strip(), source.strip()))
     labels = [label for label, _ in out]
     if not out or len(set(labels)) != len(labels):
-        raise ValueError(f"--students: give one or more sources with distinct labels (LABEL=SOURCE), got {text!r}")
+        from ..errors import UsageError
+
+        raise UsageError(f"--students: give one or more sources with distinct labels (LABEL=SOURCE), got {text!r}")
     return out
 
 
