@@ -7,6 +7,7 @@ folder and sharded layouts, and the config from config.json (ours or the paper's
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .errors import (
     NotACompactEncoderError,
 )
 from .geometry import (
+    canonical_key,
     canonical_shapes,
     config_from_metadata,
     infer_geometry,
@@ -99,14 +101,25 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dic
 
 def _torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A `.bin`/`.pt`/`.pth` state dict, loaded with `weights_only=True` (never an arbitrary unpickle)."""
+    import pickle
+
     try:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # old (non-zip) serialization cannot be memory-mapped
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - refused globals, truncation, garbage: all mean "unreadable"
+    except pickle.UnpicklingError as err:  # torch's text recommends weights_only=False: never repeat any of it
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CorruptCheckpointError(f"{path}: not a torch state dict (unreadable pickle data)") from err
         raise CorruptCheckpointError(
-            f"{path}: not a loadable torch state dict with weights_only=True ({type(err).__name__}: {err})"
+            f"{path}: refused: besides tensors the file holds a pickled Python object ({found.group(1)}), and "
+            "t5-compact never unpickles those (loading it could run code); use a .safetensors file instead"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - truncation, garbage: all mean "unreadable"
+        first = re.split(r"(?<=\.) ", (str(err).strip().splitlines() or [""])[0])[0]
+        raise CorruptCheckpointError(
+            f"{path}: not a loadable torch state dict (truncated or not a torch file: {type(err).__name__}: {first})"
         ) from err
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
@@ -226,6 +239,23 @@ def build_config(
     except Exception as err:  # noqa: BLE001 - strict-dataclass validation raises several types
         raise CheckpointError(f"{ckpt.source}: invalid encoder config: {err}") from err
     return result, shapes
+
+
+# Floating dtypes a weight may be stored in (safetensors header names and torch names); others are refused.
+FLOAT_DTYPES = frozenset(
+    {"F64", "F32", "F16", "BF16", "torch.float64", "torch.float32", "torch.float16", "torch.bfloat16"}
+)
+
+
+def check_dtypes(ckpt: Checkpoint, keys: set[str] | None = None) -> None:
+    """Raise `CheckpointKeysError` for an integer, bool or other non-float weight, from the header alone."""
+    for key, dtype in ckpt.dtypes.items():
+        if dtype not in FLOAT_DTYPES and (keys is None or canonical_key(key) in keys):
+            file = ckpt.key_file.get(key, ckpt.source)
+            raise CheckpointKeysError(
+                f"{file}: tensor {key} is stored as {dtype}; an encoder's weights are floating point "
+                "(F32, F16 or BF16): the file is damaged or not an encoder"
+            )
 
 
 def expected_shapes(config: T5CompactConfig) -> dict[str, tuple[int, ...]]:
