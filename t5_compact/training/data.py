@@ -22,8 +22,8 @@ _TEXT_FIELDS = ("prompt", "text", "caption")
 
 def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
     """Prompts of a file: `.txt` (one per line), `.jsonl` (a string or an object per line), `.json` (a list of
-    strings / objects, or an object of lists), `.csv` (column `field` or prompt/text/caption). Blank entries are
-    dropped; a missing, empty or non-text file raises `ConfigError`."""
+    strings / objects, or an object whose values are such lists; anything else is refused), `.csv` (column `field`
+    or prompt/text/caption). Blank entries are dropped; a missing, empty or non-text file raises `ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: prompt file not found")
@@ -40,8 +40,13 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
             items = [json.loads(line) for line in text.splitlines() if line.strip()]
         elif suffix == ".json":
             items = json.loads(text) if text.strip() else []
-            if isinstance(items, dict):
-                items = [p for value in items.values() for p in (value if isinstance(value, list) else [value])]
+            if isinstance(items, dict) and all(isinstance(value, list) for value in items.values()):
+                items = [p for value in items.values() for p in value]
+            if not isinstance(items, list):
+                raise ConfigError(
+                    f'{path}: expected a JSON list of prompts (strings or {{"prompt": ...}} objects) or an object '
+                    f"whose values are such lists, got {_json_kind(items)}"
+                )
         elif suffix == ".csv":
             rows = list(csv.DictReader(io.StringIO(text)))
             column = field or next((c for c in _TEXT_FIELDS if rows and c in rows[0]), None)
@@ -59,6 +64,14 @@ def read_prompts(path: str | Path, field: str | None = None) -> list[str]:
     if not prompts:
         raise ConfigError(f"{path}: no prompts in file")
     return prompts
+
+
+def _json_kind(value) -> str:
+    """`a string`, `a number`, `null`, ... for messages about a JSON value of the wrong type."""
+    if isinstance(value, dict):
+        return "an object whose values are not all lists"
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _as_text(item, path: Path, field: str | None) -> str:
