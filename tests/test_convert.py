@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from safetensors.torch import save_file
 from test_loading import paper_model, write_paper_release
 
 from t5_compact import CorruptCheckpointError, T5CompactEncoder
+from t5_compact.cli import main
 from t5_compact.convert import comfyui_state_dict, convert, save_comfyui
 from t5_compact.geometry import METADATA_CONFIG_KEY
 from t5_compact.loading import expected_shapes
@@ -120,3 +124,72 @@ def test_corrupt_metadata_config_is_reported(tmp_path):
     save_file(comfyui_state_dict(model), path, metadata={METADATA_CONFIG_KEY: "{oops"})
     with pytest.raises(CorruptCheckpointError, match=f"{path}: the 't5_compact_config' metadata entry is not JSON"):
         T5CompactEncoder.from_pretrained(path)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative name -> bytes), to show a destination was left untouched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_replaces_a_folder_by_a_file_or_a_file_by_a_folder(tiny_encoder_dir, tmp_path, capsys):
+    folder = tmp_path / "x.safetensors"  # a folder that happens to end in .safetensors
+    (folder / "keep").mkdir(parents=True)
+    (folder / "keep" / "me.txt").write_text("precious")
+    plain = tmp_path / "out"
+    plain.write_text("a plain file")
+    before = snapshot(tmp_path)
+    assert main(["convert", str(tiny_encoder_dir), str(folder), "--overwrite"]) == 2
+    assert f"{folder}: is a folder" in capsys.readouterr().err
+    assert main(["convert", str(tiny_encoder_dir), str(plain), "--format", "folder", "--overwrite"]) == 2
+    assert f"{plain}: is a file" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out", "x.safetensors"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_outputs_follow_the_umask_not_0600(tiny_encoder_dir, tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        convert(tiny_encoder_dir, tmp_path / "enc.safetensors")
+        convert(tiny_encoder_dir, tmp_path / "enc")
+        convert(tiny_encoder_dir, tmp_path / "enc", overwrite=True)  # into the existing folder
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "enc.safetensors") == 0o666 & ~mask
+    assert mode(tmp_path / "enc") == 0o777 & ~mask
+    assert {mode(f) for f in (tmp_path / "enc").iterdir()} == {0o666 & ~mask}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "enc.safetensors"]  # no temp file left
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+@pytest.mark.parametrize("name", ["enc.safetensors", "enc"])
+def test_an_interrupted_convert_leaves_nothing_beside_the_destination(
+    tiny_encoder_dir, tmp_path, monkeypatch, capsys, error, name
+):
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)  # the bytes are written, then the disk "fills up"
+        raise error
+
+    monkeypatch.setattr("t5_compact.convert.save_file", full_disk)
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["convert", str(tiny_encoder_dir), str(out / name)])
+    assert code == (130 if isinstance(error, KeyboardInterrupt) else 2)
+    err = capsys.readouterr().err.strip().splitlines()  # (after transformers' "Writing model shards" bar)
+    assert [line for line in err if line.startswith("t5-compact")] == err[-1:], err
+    assert "Traceback" not in err and err[-1].startswith("t5-compact convert: "), err
+    assert list(out.iterdir()) == []
+
+
+def test_a_killed_convert_leaves_one_partial_folder_that_the_next_run_removes(tiny_encoder_dir, tmp_path):
+    leftover = tmp_path / "enc.safetensors.partial"  # what a SIGKILL during the write leaves
+    leftover.mkdir()
+    (leftover / "enc.safetensors").write_bytes(b"\0" * 100)
+    (leftover / ".tmpAbC123").write_bytes(b"\0" * 100)
+    convert(tiny_encoder_dir, tmp_path / "enc.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.safetensors"]
