@@ -10,11 +10,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PretrainedConfig
 
-from .configuration_t5_compact import T5CompactConfig
 from .errors import (
     CheckpointError,
     CheckpointKeysError,
@@ -31,6 +30,11 @@ from .geometry import (
     paper_config_to_ours,
 )
 from .sources import TORCH_SUFFIXES, WEIGHT_SUFFIXES
+
+if TYPE_CHECKING:  # transformers is imported only where a config is built, so reading headers stays light
+    from transformers import PretrainedConfig
+
+    from .configuration_t5_compact import T5CompactConfig
 
 # Fields whose values are fixed by the tensors; a config that disagrees is an error, not a preference.
 _SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets")
@@ -194,11 +198,13 @@ def read_checkpoint(path: Path, variant: str | None = None) -> Checkpoint:
 
 def _config_fields(config: dict | PretrainedConfig | None) -> dict[str, object]:
     """Our config fields from our config.json, the paper's config.json, or a config object."""
-    if isinstance(config, PretrainedConfig):
+    if config is not None and not isinstance(config, dict):  # a PretrainedConfig
         config = config.to_dict()
     if not config:
         return {}
     if config.get("model_type") == "t5_compact":
+        from .configuration_t5_compact import T5CompactConfig
+
         skip = {"model_type", "transformers_version", "architectures", "_name_or_path"}
         return {k: v for k, v in config.items() if k in T5CompactConfig.__dataclass_fields__ and k not in skip}
     if is_paper_config(config):
@@ -233,6 +239,8 @@ def build_config(
             f"{ckpt.source}: {origin} says feed_forward_proj={fields['feed_forward_proj']!r} but the weights "
             f"{'have' if not gated else 'lack'} gated feed-forward tensors (wi_0/wi_1)"
         )
+    from .configuration_t5_compact import T5CompactConfig
+
     merged = {**inferred, **fields}  # equal where both define a shape field; the config keeps activation choices
     try:
         result = T5CompactConfig(**merged)

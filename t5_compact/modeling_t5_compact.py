@@ -6,7 +6,7 @@ import os
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, T5EncoderModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
 
@@ -161,3 +161,9 @@ class T5CompactEncoder(T5EncoderModel):
         model.set_input_embeddings(model.shared)
         model.train(t5.training)  # eval like a loaded `from_pretrained` T5, unless the T5 given was training
         return model.to(t5.dtype)
+
+
+# `AutoConfig` / `AutoModel` know the `t5_compact` model type as soon as this module has run (`import t5_compact`
+# runs it on first use of a model class; see the package docstring).
+AutoConfig.register(T5CompactConfig.model_type, T5CompactConfig, exist_ok=True)
+AutoModel.register(T5CompactConfig, T5CompactEncoder, exist_ok=True)

@@ -139,6 +139,36 @@ def test_cli_help_in_a_subprocess():
         assert command in proc.stdout
 
 
+def test_help_imports_neither_torch_nor_transformers():
+    """`t5-compact --help` and every `t5-compact <cmd> --help` stay fast (< 1 s): no heavy import at all."""
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from t5_compact.cli import COMMANDS, main\n"
+        "for argv in [['--help']] + [[c, '--help'] for c in COMMANDS]:\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "import t5_compact.checkpoint, t5_compact.errors, t5_compact.geometry\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["torch"]  # torch only for `checkpoint` (tensors), after the help texts
+
+
+def test_lazy_package_keeps_the_public_names_and_the_auto_classes(tiny_encoder_dir):
+    script = (
+        "import t5_compact, json, sys\n"
+        "light = 'transformers' not in sys.modules and 't5_compact.modeling_t5_compact' in sys.modules\n"
+        "from t5_compact import T5CompactConfig, T5CompactEncoder, compact_config, load_pipeline, STUDENT_SIZES\n"
+        "from transformers import AutoConfig, AutoModel\n"
+        f"model = AutoModel.from_pretrained({str(tiny_encoder_dir)!r})\n"
+        "print(json.dumps([light, type(model).__name__, sorted(set(t5_compact.__all__) - set(dir(t5_compact)))]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, "T5CompactEncoder", []]
+
+
 @pytest.mark.parametrize("name", ["diffusers_flux.py", "diffusers_sd3.py"])
 def test_examples_import_cleanly_without_path_hacks(name):
     path = Path(__file__).parents[1] / "examples" / name
