@@ -188,3 +188,14 @@ def test_train_reports_a_damaged_resume_path_in_one_line(tmp_path, capsys):
     assert tiny_run(tmp_path, tmp_path / "again", "--resume", str(out / "checkpoint-4")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("t5-compact train: error: ") and "training_state.json" in err[0]
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    from t5_compact.fileio import atomic_write_text
+
+    path = tmp_path / "heldout.json"
+    atomic_write_text(path, "[1]")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(path, "[1, 2]")
+    assert path.read_text() == "[1]" and sorted(p.name for p in tmp_path.iterdir()) == ["heldout.json"]

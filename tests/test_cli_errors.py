@@ -49,7 +49,7 @@ CASES = [
     ("generate --pipeline {flux} --encoder {enc} --steps -1 a", "generate", "--steps must be positive, got -1"),
     ("generate --pipeline {flux} --encoder {enc} -o {tmp}/x.txt a", "generate", "x.txt: expected an image file"),
     ("generate --pipeline {flux} --encoder {enc} -o {file}/x.png a", "generate", "a-file.txt"),
-    ("train --sources {prompts} --learning_rate -1", "train", "'learning_rate' must be positive, got -1.0"),
+    ("train --sources {prompts} --learning_rate -1", "train", "'learning_rate' must be zero or positive, got -1.0"),
     ("train --sources {prompts} --output_dir {file}", "train", "a-file.txt: exists and is not a folder"),
     ("convert {enc} {file}/out", "convert", "a-file.txt"),
     ("encode --no-such-flag", "encode", "the following arguments are required: PROMPT, --encoder"),

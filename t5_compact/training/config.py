@@ -113,7 +113,6 @@ _CHOICES = {
 }
 # Numeric keys that must be > 0 (None allowed where the type is optional) and >= 0.
 _POSITIVE = (
-    "learning_rate",
     "adam_epsilon",
     "max_sequence_length",
     "resolution",
@@ -125,6 +124,7 @@ _POSITIVE = (
     "heldout_resolution",
 )
 _NON_NEGATIVE = (
+    "learning_rate",  # 0: a run that changes nothing (used to check the start point)
     "weight_decay",
     "max_grad_norm",
     "lr_warmup_steps",
