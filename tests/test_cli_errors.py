@@ -41,6 +41,7 @@ CASES = [
     ("eval --pipeline {flux} --students {enc} --prompts {prompts} --steps 0", "eval", "--steps must be positive"),
     ("cache-teacher --sources {prompts}", "cache-teacher", "set teacher_cache"),
     ("cache-teacher --sources {tmp}/nope.txt --teacher_cache {tmp}/c", "cache-teacher", "nope.txt: prompt file not"),
+    ("cache-teacher --sources {prompts} --teacher_cache {file}", "cache-teacher", "a-file.txt: exists and is not a"),
     ("encode --encoder {enc} a", "encode", "no tokenizer found"),
     ("encode --encoder {enc} --pipeline {flux} --max-length -5 a", "encode", "--max-length must be positive, got -5"),
     ("encode --encoder {enc} --pipeline {flux} --out {file}/x.safetensors a", "encode", "a-file.txt"),

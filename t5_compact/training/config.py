@@ -269,9 +269,10 @@ def _validate(config: TrainConfig) -> None:
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"config key {name!r} must be in [0, 1), got {getattr(config, name)!r}")
-    out = Path(config.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {config.output_dir}: exists and is not a folder")
+    for name in ("output_dir", "teacher_cache"):
+        folder = getattr(config, name)
+        if folder and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+            raise ConfigError(f"{name} {folder}: exists and is not a folder")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
