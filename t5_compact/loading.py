@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
-from transformers import PretrainedConfig
 
 from .checkpoint import (
     Checkpoint,
@@ -32,7 +31,9 @@ from .sources import is_offline, looks_like_repo_id, resolve_source
 
 logger = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # transformers is imported where a model is built, so header checks stay light
+    from transformers import PretrainedConfig
+
     from .modeling_t5_compact import T5CompactEncoder
 
 __all__ = [
@@ -141,6 +142,8 @@ def _stored_dtype(ckpt: Checkpoint, config: dict | None) -> torch.dtype:
 
 def cast_encoder(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
     """Cast to `dtype`, keeping T5's `wo` projections in fp32 under fp16 (as transformers does) for stability."""
+    from transformers import PretrainedConfig
+
     if dtype is None:
         return model
     model.to(dtype)
@@ -194,6 +197,8 @@ def load_compact_encoder(
     `torch_dtype` (or `dtype`): a dtype, its name, or `"auto"`/None (the default, as in transformers 5: the
     checkpoint's own dtype). fp16 keeps T5's `wo` layers in fp32.
     """
+    from transformers import PretrainedConfig
+
     from .modeling_t5_compact import T5CompactEncoder
 
     unknown = set(kwargs) - _IGNORED_KWARGS

@@ -147,12 +147,12 @@ def test_help_imports_neither_torch_nor_transformers():
         "for argv in [['--help']] + [[c, '--help'] for c in COMMANDS]:\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "        main(argv)\n"
-        "import t5_compact.checkpoint, t5_compact.errors, t5_compact.geometry\n"
+        "import t5_compact.checkpoint, t5_compact.errors, t5_compact.geometry, t5_compact.loading\n"
         "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules)))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == ["torch"]  # torch only for `checkpoint` (tensors), after the help texts
+    assert json.loads(proc.stdout) == ["torch"]  # torch only for `checkpoint`/`loading` (tensors), after the help
 
 
 def test_lazy_package_keeps_the_public_names_and_the_auto_classes(tiny_encoder_dir):
