@@ -199,3 +199,24 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         atomic_write_text(path, "[1, 2]")
     assert path.read_text() == "[1]" and sorted(p.name for p in tmp_path.iterdir()) == ["heldout.json"]
+
+
+def test_stop_signals_are_deferred_only_inside_the_training_steps(capsys):
+    import signal
+
+    from accelerate import Accelerator
+
+    from t5_compact.training import interrupt
+
+    acc = Accelerator(cpu=True)
+    with interrupt.graceful_stop():
+        with pytest.raises(KeyboardInterrupt):  # models loading: quit at once
+            os.kill(os.getpid(), signal.SIGINT)
+        interrupt.arm()
+        assert not interrupt.stop_requested(acc)
+        os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: finish the step, then save
+        assert interrupt.stop_requested(acc) and "finishing this step" in capsys.readouterr().err
+        os.kill(os.getpid(), signal.SIGTERM)  # a launcher's follow-up SIGTERM does not abort the save
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupt.stop_requested(acc)

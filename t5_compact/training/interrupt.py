@@ -2,7 +2,8 @@
 
 `graceful_stop()` (the `train` command wraps the run in it) turns the signals into a request that the loop reads
 after each step with `stop_requested`; outside the training steps (loading models, exporting), or at a second
-Ctrl-C, the signal raises `KeyboardInterrupt` at once as usual.
+Ctrl-C, the signal raises `KeyboardInterrupt` at once as usual. A SIGTERM after the first signal is ignored (a
+launcher such as torchrun sends one to its workers after Ctrl-C; the checkpoint is being saved).
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ _state = _State()
 
 
 def _handle(signum: int, frame) -> None:
-    if not _state.armed or _state.signum is not None:
+    if not _state.armed:
         raise KeyboardInterrupt
+    if _state.signum is not None:
+        if signum == signal.SIGINT:  # a second Ctrl-C: quit now, without saving
+            raise KeyboardInterrupt
+        return  # e.g. the SIGTERM a launcher sends its workers after Ctrl-C: the save is under way
     _state.signum = signum
     import sys
 
