@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .checkpoint import (
     Checkpoint,
@@ -105,7 +105,7 @@ def _load_tensors(ckpt: Checkpoint, device: torch.device) -> dict[str, torch.Ten
                         out[canonical_key(key)] = fh.get_tensor(key)
             else:
                 out.update({canonical_key(k): ckpt.torch_tensors[k].to(device) for k in keys})
-        except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged data
+        except (SafetensorError, OSError, ValueError, KeyError) as err:  # file errors only (not e.g. GPU memory)
             raise CorruptCheckpointError(f"{file}: could not read tensors ({err})") from err
     out.pop("encoder.embed_tokens.weight", None)
     for key, tensor in out.items():
