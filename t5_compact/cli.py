@@ -19,6 +19,7 @@ COMMANDS = {
     "train": "train",
     "bench": "bench",
     "eval": "eval",
+    "export": "export",
 }
 
 
