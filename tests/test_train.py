@@ -188,10 +188,12 @@ def test_families_and_options_train(tmp_path, overrides):
     student = T5CompactEncoder.from_pretrained(folder)
     assert next(student.parameters()).dtype == torch.float32  # fp32 master weights even under bf16 autocast
     if "validation_prompts" in overrides:
+        from t5_compact.training import validation
         from t5_compact.training.validation import image_array
 
         grid = image_array(tmp_path / "validation" / "step-0000008.png")
-        assert grid.shape == (2 * 16, 2 * 16, 3)  # rows: prompts; columns: teacher | student
+        # rows: prompts; columns: teacher | student; 16 px samples upscaled 16x (>= 256 px), plus the label bands
+        assert grid.shape == (validation.HEADER_HEIGHT + 2 * 256, validation.LABEL_WIDTH + 2 * 256, 3)
 
 
 def test_trajectory_mode_batched_timesteps_equal_one_by_one(tmp_path):

@@ -209,6 +209,9 @@ def train(config: TrainConfig) -> Path:
             width=res,
             guidance=config.heldout_guidance,
             seed=config.seed,
+            prompts=config.validation_prompts,
+            step=step,
+            accelerator=accelerator,
         )
 
     vae = parts.vae_loader().to(accelerator.device) if config.validation_prompts else None
