@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"t5_compact.commands.{module_name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
+        sub.add_argument("--verbose", action="store_true", help="also show the libraries' own logs and progress bars")
         sub.set_defaults(_run=module.run)
     return parser
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default: `sys.argv[1:]`) and run the chosen command; returns its exit code."""
     args = build_parser().parse_args(argv)
+    from .quiet import configure_output
+
+    configure_output(args.verbose)
     return int(args._run(args) or 0)
 
 
