@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 # Parameters of the T5-XXL encoder FLUX.1 and SD3 ship (t5-v1_1-xxl encoder, embedding included).
 T5XXL_PARAMS = 4_762_310_656
+T5XXL_WIDTH = 4096
 BF16 = "dtype=torch.bfloat16"
 FAMILY_NAMES = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3"}
 CITATION = """@inproceedings{wang2025scaling,
@@ -195,12 +196,14 @@ def render_card(
     pipeline = (info or {}).get("pipeline") or {}
     family = pipeline.get("family")
     title = f"# {repo_id.rsplit('/', 1)[-1]}: a compact T5 text encoder for {FAMILY_NAMES.get(family, 'FLUX.1 / SD3')}"
+    role = "a drop-in replacement for the T5-XXL text encoder"
+    if config["projection_out_dim"] != T5XXL_WIDTH:  # e.g. the tiny test pipelines; FLUX.1 and SD3 take 4096
+        role = f"for a transformer whose text width is {config['projection_out_dim']} (FLUX.1 and SD3 take 4096)"
     body = [
         title,
         "",
         f"A distilled {config['num_layers']}-layer T5 encoder (width {config['d_model']}) with an MLP projector to "
-        f"width {config['projection_out_dim']}: a drop-in replacement for the T5-XXL text encoder, made with "
-        "[t5-compact](https://github.com/t5-compact/t5-compact).",
+        f"width {config['projection_out_dim']}: {role}, made with [t5-compact](https://github.com/t5-compact/t5-compact).",
         "",
         *_sizes(config, params),
         *_recipe(info),
