@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard
 
 from comfyui_nodes.loader import inspect_compact_file
 from t5_compact import T5CompactEncoder
+from t5_compact.cli import main
 from t5_compact.export import export, read_training_info
 from t5_compact.model_card import card_data
 from t5_compact.tiny import tiny_compact_encoder
@@ -111,43 +112,55 @@ def test_export_without_training_info_degrades(tmp_path: Path) -> None:
     assert "t5-compact convert" in card.text  # how to make the ComfyUI file
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "t5_compact.cli", "export", *args],
+def test_push_offline_fails_in_one_line_before_anything(student: Path, tmp_path: Path) -> None:
+    """The real CLI in a fresh process with HF_HUB_OFFLINE=1: one line, exit 2, nothing written."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "t5_compact.cli", "export", str(student), str(out), "--push-to-hub", "me/tiny"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-
-
-@pytest.mark.parametrize(
-    ("offline", "message"),
-    [
-        ("1", "HF_HUB_OFFLINE is set; unset it to publish"),
-        ("", "no Hugging Face token; run `hf auth login` or set HF_TOKEN"),
-    ],
-)
-def test_push_fails_in_one_line_before_anything(student: Path, tmp_path: Path, offline: str, message: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env |= {"HF_HUB_OFFLINE": offline, "HF_HOME": str(tmp_path / "hf-home")}  # no token in an empty HF_HOME
-    out = tmp_path / "out"
-    result = _cli(str(student), str(out), "--push-to-hub", "me/tiny", env=env)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [f"t5-compact export: error: --push-to-hub me/tiny: {message}"]
+    assert result.stderr.strip().splitlines() == [
+        "t5-compact export: error: --push-to-hub me/tiny: HF_HUB_OFFLINE is set; unset it to publish"
+    ]
     assert not out.exists()
 
 
-def test_bad_bench_and_existing_out_fail_in_one_line(student: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--push-to-hub", "me/tiny"], "me/tiny: no Hugging Face token; run `hf auth login` or set HF_TOKEN"),
+        (["--push-to-hub", "tiny"], "--push-to-hub 'tiny': expected OWNER/NAME"),
+        (["--bench", "BENCH"], "bench.json: not a readable bench.json"),
+    ],
+)
+def test_bad_push_or_bench_fails_in_one_line(student, tmp_path, monkeypatch, capsys, args, message) -> None:
+    import huggingface_hub
+
+    import t5_compact.sources
+
+    monkeypatch.setattr(t5_compact.sources, "is_offline", lambda: False)  # online, but no token
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     (tmp_path / "bench.json").write_text("{not json")
-    result = _cli(str(student), str(tmp_path / "out"), "--bench", str(tmp_path / "bench.json"), env=dict(os.environ))
-    assert result.returncode == 2 and "bench.json: not a readable bench.json" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    args = [str(tmp_path / "bench.json") if a == "BENCH" else a for a in args]
+    assert main(["export", str(student), str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_is_not_replaced_without_overwrite(student: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("x")
-    result = _cli(str(student), str(tmp_path / "taken"), env=dict(os.environ))
-    assert result.returncode == 2 and "already exists and is not empty" in result.stderr
+    assert main(["export", str(student), str(tmp_path / "taken")]) == 2
+    assert "already exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(student), str(tmp_path / "taken"), "--overwrite"]) == 0
+    assert not (tmp_path / "taken" / "x").exists() and (tmp_path / "taken" / "README.md").is_file()
 
 
 def test_push_uses_create_repo_and_upload_folder(student: Path, tmp_path: Path, monkeypatch) -> None:
