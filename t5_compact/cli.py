@@ -41,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default: `sys.argv[1:]`) and run the chosen command; returns its exit code."""
     args = build_parser().parse_args(argv)
+    from .compat import require_transformers_5
     from .quiet import configure_output
 
+    try:  # every command uses the model classes; on transformers 4 say so in one line, not a traceback
+        require_transformers_5(f"t5-compact {args.command}")
+    except ImportError as err:
+        print(f"t5-compact {args.command}: error: {err}", file=sys.stderr)
+        return 2
     configure_output(args.verbose)
     return int(args._run(args) or 0)
 

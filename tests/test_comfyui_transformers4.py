@@ -101,3 +101,15 @@ def test_example_graphs_use_the_readme_file_name() -> None:
         graph = json.loads((ROOT / "examples" / "comfyui" / f"{name}.json").read_text())
         names = [n["inputs"]["compact_t5"] for n in graph.values() if "compact_t5" in n["inputs"]]
         assert names == ["distill_t5_base.safetensors"]
+
+
+def test_cli_on_transformers_4_names_the_version_in_one_line(monkeypatch, capsys) -> None:
+    import t5_compact.compat
+    from t5_compact.cli import main
+
+    monkeypatch.setattr(t5_compact.compat, "transformers_version", lambda: "4.57.3")
+    assert main(["export", "student", "out"]) == 2
+    assert capsys.readouterr().err == (
+        "t5-compact export: error: t5-compact export needs transformers>=5.0 (this environment has 4.57.3): "
+        "pip install 'transformers>=5.0'; the ComfyUI nodes work without it\n"
+    )
