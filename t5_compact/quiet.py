@@ -3,7 +3,7 @@
 Hidden by default: transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back ..."
 warnings (diffusers imports those processors; the encoders never use them), accelerate's INFO lines (checkpoint
 internals) and transformers' "Writing model shards" / "Loading weights" progress bars. Warnings and errors from
-every library, and t5-compact's own progress and INFO lines, still show.
+every library, download progress bars, and t5-compact's own progress and INFO lines still show.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ def configure_output(verbose: bool = False) -> None:
     if not any(isinstance(f, _DropTorchvisionFallback) for f in import_logger.filters):
         import_logger.addFilter(_DropTorchvisionFallback())
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    from huggingface_hub import constants
+    from huggingface_hub.utils import enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # also turns off huggingface_hub's bars, which downloads need:
+    if not constants.HF_HUB_DISABLE_PROGRESS_BARS:  # so turn those back on, unless the user disabled them
+        enable_progress_bars()

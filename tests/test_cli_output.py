@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,15 +31,19 @@ logging.getLogger("t5_compact.training.loop").info("stage 0 (semantics): resolut
 logging.getLogger("accelerate.accelerator").warning("a real accelerate warning")
 from t5_compact.tiny import tiny_compact_encoder
 tiny_compact_encoder().save_pretrained(sys.argv[2])
+from huggingface_hub.utils import are_progress_bars_disabled
+print("download bars disabled:", are_progress_bars_disabled())
 """
 
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_startup_noise_is_hidden_unless_verbose(tmp_path: Path, verbose: bool) -> None:
     mode = "verbose" if verbose else "quiet"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
     result = subprocess.run(
         [sys.executable, "-c", NOISY, mode, str(tmp_path / "model")],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -48,6 +53,7 @@ def test_startup_noise_is_hidden_unless_verbose(tmp_path: Path, verbose: bool) -
     for noise in ("requires torchvision (not installed)", "Optimizer state saved", "Writing model shards"):
         assert (noise in err) == verbose, (noise, err)
     assert "stage 0 (semantics)" in err and "a real accelerate warning" in err  # what a user needs stays
+    assert "download bars disabled: False" in result.stdout  # hub downloads keep their progress bars
 
 
 def test_every_command_takes_verbose() -> None:
