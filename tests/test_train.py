@@ -187,6 +187,8 @@ def test_families_and_options_train(tmp_path, overrides):
     assert history[-1]["L_vision"] != history[0]["L_vision"]
     student = T5CompactEncoder.from_pretrained(folder)
     assert next(student.parameters()).dtype == torch.float32  # fp32 master weights even under bf16 autocast
+    card = (folder / "README.md").read_text()  # the model card, written after the training record it reports
+    assert ("## Held-out fidelity" in card) == (folder / "training_info.json").is_file()
     if "validation_prompts" in overrides:
         from t5_compact.training import validation
         from t5_compact.training.validation import image_array
