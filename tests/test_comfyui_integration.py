@@ -5,6 +5,10 @@ Run it from the repository root with a venv that has ComfyUI's requirements and 
 
     COMFYUI_PATH=.comfyui .venv-comfy/bin/python -m pytest tests/test_comfyui_integration.py -m comfyui
 
+With `COMFYUI_TF4_OVERLAY` naming a `pip install --no-deps --target DIR "transformers==4.57.3"
+"huggingface_hub==0.36.0" "tokenizers==0.22.1"` folder (ComfyUI's own dependency floor), `test_pack_on_transformers_4`
+also runs the pack in a child process on transformers 4 and compares it with this process (transformers 5).
+
 It loads the pack the way ComfyUI loads custom nodes (`nodes.load_custom_node` on a symlink in a custom_nodes
 folder), writes random-weight CLIP-L / CLIP-G files with the real shapes and tiny compact T5 files (vocab 32128,
 because ComfyUI tokenizes with its bundled T5 tokenizer) into a temporary models folder, builds CLIPs through
