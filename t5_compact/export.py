@@ -19,7 +19,7 @@ def read_training_info(source: str | Path) -> dict[str, Any] | None:
     """`training_info.json` of a local student folder (or of a single file's folder); None if absent or unreadable."""
     path = Path(source)
     info = (path if path.is_dir() else path.parent) / INFO_FILE
-    if not info.is_file():
+    if not path.exists() or not info.is_file():  # a hub id is not a local folder
         return None
     try:
         data = json.loads(info.read_text(encoding="utf-8"))
@@ -91,6 +91,9 @@ def export(
     if push_to_hub:
         check_hub_access(push_to_hub)
     bench_data = read_bench(bench) if bench else None
+    source = Path(student).expanduser()
+    if source.exists() and out.exists() and (out.resolve() == source.resolve() or out.resolve() in source.parents):
+        raise FileExistsError(f"{out}: this is (or holds) the student itself; export to another folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty; pass --overwrite to replace it")
 

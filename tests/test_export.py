@@ -159,6 +159,8 @@ def test_existing_out_is_not_replaced_without_overwrite(student: Path, tmp_path:
     (tmp_path / "taken" / "x").write_text("x")
     assert main(["export", str(student), str(tmp_path / "taken")]) == 2
     assert "already exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(student), str(student.parent), "--overwrite"]) == 2  # never deletes the student
+    assert "this is (or holds) the student itself" in capsys.readouterr().err and student.is_dir()
     assert main(["export", str(student), str(tmp_path / "taken"), "--overwrite"]) == 0
     assert not (tmp_path / "taken" / "x").exists() and (tmp_path / "taken" / "README.md").is_file()
 
