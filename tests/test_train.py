@@ -176,6 +176,7 @@ def test_init_from_pretrained_t5_is_used(tmp_path):
             train_batch_size=2,
             validation_prompts=["a red cat", "a sign"],
             validation_images_steps=8,
+            report_to="tensorboard",
         ),
     ],
     ids=["sd3-cfg", "schnell-trajectory-aux", "bf16-pooled-images"],
@@ -196,6 +197,15 @@ def test_families_and_options_train(tmp_path, overrides):
         grid = image_array(tmp_path / "validation" / "step-0000008.png")
         # rows: prompts; columns: teacher | student; 16 px samples upscaled 16x (>= 256 px), plus the label bands
         assert grid.shape == (validation.HEADER_HEIGHT + 2 * 256, validation.LABEL_WIDTH + 2 * 256, 3)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        logged = set()
+        for events_dir in {p.parent for p in (tmp_path / "logs").rglob("events.out.tfevents.*")}:
+            events = EventAccumulator(str(events_dir), size_guidance={"images": 0})
+            events.Reload()
+            if "validation" in events.Tags()["images"]:
+                logged |= {(e.step, e.width, e.height) for e in events.Images("validation")}
+        assert (8, grid.shape[1], grid.shape[0]) in logged  # the same grid in TensorBoard
 
 
 def test_trajectory_mode_batched_timesteps_equal_one_by_one(tmp_path):
