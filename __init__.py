@@ -9,7 +9,8 @@ import importlib.util
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
-if __package__ and importlib.util.find_spec("comfy") is not None:
+# Both of ComfyUI's top-level modules: a stray `comfy` folder on sys.path alone is a namespace package, not ComfyUI.
+if __package__ and all(importlib.util.find_spec(name) is not None for name in ("comfy", "folder_paths")):
     from .comfyui_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

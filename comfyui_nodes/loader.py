@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from . import logic
-from .core import errors, loading
+from .core import checkpoint, errors
 
 LoadFile = Callable[[str], dict[str, torch.Tensor]]
 
@@ -41,10 +42,10 @@ def inspect_compact_file(path: str | Path, expected_width: int | None = None, fa
     path = Path(path)
     if not path.is_file():
         raise errors.EncoderNotFoundError(f"{path}: no such file")
-    ckpt = loading.read_checkpoint(path)  # the config comes from the file's metadata (our export) or its shapes
-    config, shapes = loading.build_config(ckpt)
-    loading.check_keys(config, shapes, ckpt.source)
-    comfy_config = logic.comfy_t5_config(config, ckpt.source)
+    ckpt = checkpoint.read_checkpoint(path)  # the config comes from the file's metadata (our export) or its shapes
+    fields, shapes = checkpoint.resolve_fields(ckpt)  # header-only: no transformers model class is needed
+    checkpoint.check_keys(fields, shapes, ckpt.source)
+    comfy_config = logic.comfy_t5_config(SimpleNamespace(**fields), ckpt.source)
     logic.check_width(comfy_config, expected_width, ckpt.source, family)
     return CompactFile(
         path=str(path),

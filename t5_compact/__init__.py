@@ -16,6 +16,7 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
+from .compat import has_transformers_5, require_transformers_5
 from .errors import (
     CheckpointError,
     CheckpointKeysError,
@@ -58,6 +59,7 @@ _MODEL_MODULE = f"{__name__}.modeling_t5_compact"
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    require_transformers_5(f"t5_compact.{name}")  # transformers 4 (a ComfyUI environment): one line, not a traceback
     value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     globals()[name] = value
     return value
@@ -94,7 +96,7 @@ class _DeferredModule(types.ModuleType):
 
 def _install_model_module() -> None:
     """Make `t5_compact.modeling_t5_compact` visible in `sys.modules` now, imported on first use."""
-    if _MODEL_MODULE in sys.modules:
+    if _MODEL_MODULE in sys.modules or not has_transformers_5():
         return
     if "transformers" in sys.modules:  # the expensive part is paid already: register with AutoModel now
         importlib.import_module(_MODEL_MODULE)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +23,7 @@ from .errors import (
     NotACompactEncoderError,
 )
 from .geometry import (
+    FIELD_DEFAULTS,
     canonical_key,
     canonical_shapes,
     config_from_metadata,
@@ -29,9 +31,10 @@ from .geometry import (
     is_paper_config,
     paper_config_to_ours,
 )
+from .geometry import expected_shapes as geometry_shapes
 from .sources import TORCH_SUFFIXES, WEIGHT_SUFFIXES
 
-if TYPE_CHECKING:  # transformers is imported only where a config is built, so reading headers stays light
+if TYPE_CHECKING:  # the model classes need transformers 5; header reading and checking here do not
     from transformers import PretrainedConfig
 
     from .configuration_t5_compact import T5CompactConfig
@@ -197,25 +200,23 @@ def read_checkpoint(path: Path, variant: str | None = None) -> Checkpoint:
 
 
 def _config_fields(config: dict | PretrainedConfig | None) -> dict[str, object]:
-    """Our config fields from our config.json, the paper's config.json, or a config object."""
-    if config is not None and not isinstance(config, dict):  # a PretrainedConfig
+    """Our config fields from our config.json, the paper's config.json, or a config object (unknown keys kept)."""
+    if config is not None and not isinstance(config, Mapping):
         config = config.to_dict()
     if not config:
         return {}
     if config.get("model_type") == "t5_compact":
-        from .configuration_t5_compact import T5CompactConfig
-
         skip = {"model_type", "transformers_version", "architectures", "_name_or_path"}
-        return {k: v for k, v in config.items() if k in T5CompactConfig.__dataclass_fields__ and k not in skip}
+        return {k: v for k, v in config.items() if k not in skip}
     if is_paper_config(config):
         return paper_config_to_ours(config)
     return {}
 
 
-def build_config(
+def resolve_fields(
     ckpt: Checkpoint, config: PretrainedConfig | dict | None = None
-) -> tuple[T5CompactConfig, dict[str, tuple[int, ...]]]:
-    """The config for a checkpoint, checked against its tensors; also returns the canonical shapes.
+) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The config fields of a checkpoint, checked against its tensors, and its canonical shapes (no transformers).
 
     The fields come from `config` if given, else the folder's config.json (ours or the paper's), else the file's
     safetensors metadata, else the tensor shapes alone (with the paper's defaults for what shapes cannot tell).
@@ -239,9 +240,18 @@ def build_config(
             f"{ckpt.source}: {origin} says feed_forward_proj={fields['feed_forward_proj']!r} but the weights "
             f"{'have' if not gated else 'lack'} gated feed-forward tensors (wi_0/wi_1)"
         )
+    # Equal where both define a shape field; the config keeps activation choices; defaults fill the rest.
+    return {**FIELD_DEFAULTS, **inferred, **fields}, shapes
+
+
+def build_config(
+    ckpt: Checkpoint, config: PretrainedConfig | dict | None = None
+) -> tuple[T5CompactConfig, dict[str, tuple[int, ...]]]:
+    """`resolve_fields` as a `T5CompactConfig` (needs transformers 5); also returns the canonical shapes."""
     from .configuration_t5_compact import T5CompactConfig
 
-    merged = {**inferred, **fields}  # equal where both define a shape field; the config keeps activation choices
+    fields, shapes = resolve_fields(ckpt, config)
+    merged = {k: v for k, v in fields.items() if k in T5CompactConfig.__dataclass_fields__}
     try:
         result = T5CompactConfig(**merged)
     except Exception as err:  # noqa: BLE001 - strict-dataclass validation raises several types
@@ -277,9 +287,14 @@ def expected_shapes(config: T5CompactConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_keys(config: T5CompactConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
-    """Raise `CheckpointKeysError` listing missing, unexpected or mis-shaped tensors."""
-    want = expected_shapes(config)
+def check_keys(config: T5CompactConfig | Mapping[str, Any], shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise `CheckpointKeysError` listing missing, unexpected or mis-shaped tensors.
+
+    `config` is a `T5CompactConfig` or its fields (`resolve_fields`); the expected tensors come from
+    `geometry.expected_shapes`, so this runs without building a model (or importing transformers).
+    """
+    fields = config if isinstance(config, Mapping) else config.to_dict()
+    want = geometry_shapes(fields)
     missing = sorted(set(want) - set(shapes))
     unexpected = sorted(set(shapes) - set(want))
     wrong = sorted(k for k in set(want) & set(shapes) if want[k] != shapes[k])
@@ -293,5 +308,5 @@ def check_keys(config: T5CompactConfig, shapes: dict[str, tuple[int, ...]], sour
             parts.append("wrong shapes: " + ", ".join(f"{k} {shapes[k]} != {want[k]}" for k in wrong[:6]))
         raise CheckpointKeysError(
             f"{source}: not a complete compact encoder (expected the {len(want)} tensors of a "
-            f"{config.num_layers}-layer d_model={config.d_model} encoder + projector): " + "; ".join(parts)
+            f"{fields['num_layers']}-layer d_model={fields['d_model']} encoder + projector): " + "; ".join(parts)
         )

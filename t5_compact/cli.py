@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "train",
     "bench": "bench",
     "eval": "eval",
+    "export": "export",
 }
 
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"t5_compact.commands.{module_name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
+        sub.add_argument("--verbose", action="store_true", help="also show the libraries' own logs and progress bars")
         sub.set_defaults(_run=module.run)
     return parser
 
@@ -49,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     from .commands import run_reporting_errors
 
     args = build_parser().parse_args(argv)
+    from .compat import require_transformers_5
+    from .quiet import configure_output
+
+    try:  # every command uses the model classes; on transformers 4 say so in one line, not a traceback
+        require_transformers_5(f"t5-compact {args.command}")
+    except ImportError as err:
+        print(f"t5-compact {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    configure_output(args.verbose)
     return int(run_reporting_errors(args.command, args._run, args) or 0)
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from huggingface_hub.dataclasses import strict
-from transformers import T5Config
+from .compat import require_transformers_5
+
+require_transformers_5("T5CompactConfig (t5_compact's model classes)")
+
+from huggingface_hub.dataclasses import strict  # noqa: E402 - after the one-line version check
+from transformers import T5Config  # noqa: E402
 
 PROJECTION_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 

@@ -147,3 +147,45 @@ def config_from_metadata(metadata: Mapping[str, str] | None, source: str) -> dic
     if not isinstance(config, dict):
         raise CorruptCheckpointError(f"{source}: the {METADATA_CONFIG_KEY!r} metadata entry is not a JSON object")
     return config
+
+
+# Config fields the tensors cannot tell, at the values `T5CompactConfig` defaults to (T5's own defaults).
+FIELD_DEFAULTS: dict[str, object] = dict(
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    dropout_rate=0.1,
+    projection_act="relu",
+    projection_dropout=0.1,
+)
+
+
+def expected_shapes(fields: Mapping[str, object]) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of a `T5CompactEncoder` with these config fields (no model is built).
+
+    `fields` is a `T5CompactConfig` as a dict or the geometry of `infer_geometry`; the tied `encoder.embed_tokens`
+    copy is not listed (see `canonical_shapes`).
+    """
+    d_model, d_ff, d_kv, heads = (int(fields[k]) for k in ("d_model", "d_ff", "d_kv", "num_heads"))
+    inner, hidden, out = d_kv * heads, int(fields["projection_hidden_dim"]), int(fields["projection_out_dim"])
+    gated = str(fields.get("feed_forward_proj", "gated-gelu")).startswith("gated-")
+    shapes = {"shared.weight": (int(fields["vocab_size"]), d_model)}
+    for i in range(int(fields["num_layers"])):
+        attn, ff = f"encoder.block.{i}.layer.0.", f"encoder.block.{i}.layer.1."
+        for name in "qkv":
+            shapes[f"{attn}SelfAttention.{name}.weight"] = (inner, d_model)
+        shapes[f"{attn}SelfAttention.o.weight"] = (d_model, inner)
+        if i == 0:
+            buckets = int(fields.get("relative_attention_num_buckets", 32))
+            shapes[f"{attn}SelfAttention.relative_attention_bias.weight"] = (buckets, heads)
+        shapes[f"{attn}layer_norm.weight"] = (d_model,)
+        for name in ("wi_0", "wi_1") if gated else ("wi",):
+            shapes[f"{ff}DenseReluDense.{name}.weight"] = (d_ff, d_model)
+        shapes[f"{ff}DenseReluDense.wo.weight"] = (d_model, d_ff)
+        shapes[f"{ff}layer_norm.weight"] = (d_model,)
+    shapes["encoder.final_layer_norm.weight"] = (d_model,)
+    shapes["final_projection.0.weight"] = (hidden, d_model)
+    shapes["final_projection.3.weight"] = (out, hidden)
+    if fields.get("projection_bias"):
+        shapes["final_projection.0.bias"] = (hidden,)
+        shapes["final_projection.3.bias"] = (out,)
+    return shapes

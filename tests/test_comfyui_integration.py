@@ -5,6 +5,10 @@ Run it from the repository root with a venv that has ComfyUI's requirements and 
 
     COMFYUI_PATH=.comfyui .venv-comfy/bin/python -m pytest tests/test_comfyui_integration.py -m comfyui
 
+With `COMFYUI_TF4_OVERLAY` naming a `pip install --no-deps --target DIR "transformers==4.57.3"
+"huggingface_hub==0.36.0" "tokenizers==0.22.1"` folder (ComfyUI's own dependency floor), `test_pack_on_transformers_4`
+also runs the pack in a child process on transformers 4 and compares it with this process (transformers 5).
+
 It loads the pack the way ComfyUI loads custom nodes (`nodes.load_custom_node` on a symlink in a custom_nodes
 folder), writes random-weight CLIP-L / CLIP-G files with the real shapes and tiny compact T5 files (vocab 32128,
 because ComfyUI tokenizes with its bundled T5 tokenizer) into a temporary models folder, builds CLIPs through
@@ -390,6 +394,80 @@ def test_clone_only_install_uses_the_core_shipped_in_the_checkout(comfyui, tmp_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "(1, 256, 4096)"
+
+
+TRANSFORMERS_4 = """
+import asyncio, importlib, json, sys
+import huggingface_hub, torch, transformers
+print("versions", transformers.__version__, huggingface_hub.__version__)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import folder_paths, nodes
+folder_paths.add_model_folder_path("text_encoders", sys.argv[1], is_default=True)
+assert asyncio.run(nodes.load_custom_node(sys.argv[2]))
+cases, errors = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+out = {}
+for name, node, args in cases:
+    clip, = nodes.NODE_CLASS_MAPPINGS[node]().load_clip(*args)
+    out[name] = nodes.CLIPTextEncode().encode(clip, sys.argv[6])[0][0][0]
+torch.save(out, sys.argv[3])
+for compact in errors:
+    try:
+        nodes.NODE_CLASS_MAPPINGS["DualCLIPLoaderCompactT5"]().load_clip("clip_l.safetensors", compact)
+    except ValueError as err:
+        print("refused:", type(err).__name__, str(err).splitlines()[0])
+try:
+    core = next(name for name in sys.modules if name.endswith(".t5_compact"))  # the pack's own core subpackage
+    importlib.import_module(core).T5CompactEncoder
+except ImportError as err:
+    print("model class:", err)
+"""
+# (case name, node, load_clip args): FLUX in fp32, the paper's layout, and the T5-only loader.
+TF4_CASES = [
+    ("flux_fp32", "DualCLIPLoaderCompactT5", ["clip_l.safetensors", "compact_fp32.safetensors", "fp32"]),
+    ("paper_layout", "DualCLIPLoaderCompactT5", ["clip_l.safetensors", "DistillT5/model.safetensors"]),
+    ("chroma_bf16", "CLIPLoaderCompactT5", ["compact_bf16.safetensors", "chroma"]),
+]
+TF4_ERRORS = {
+    "t5xxl_fp16.safetensors": "NotACompactEncoderError",
+    "compact_truncated.safetensors": "CorruptCheckpointError",
+    "compact_narrow.safetensors": "WidthMismatchError",
+}
+
+
+@pytest.mark.skipif(
+    not os.environ.get("COMFYUI_TF4_OVERLAY"),
+    reason="COMFYUI_TF4_OVERLAY is not set (a `pip install --target` folder with transformers 4.5x, hub < 1.0)",
+)
+def test_pack_on_transformers_4(comfyui, tmp_path: Path) -> None:
+    """ComfyUI's own floor (transformers 4.50-4.57, huggingface_hub < 1.0), in a child process on that overlay:
+    the pack loads, encodes exactly as here, refuses wrong files naming them, and says which version the model
+    classes need."""
+    nodes, models = comfyui
+    (tmp_path / "t5-compact").symlink_to(ROOT, target_is_directory=True)
+    out = tmp_path / "cond.pt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ["COMFYUI_TF4_OVERLAY"], COMFYUI_PATH])}
+    args = [str(models), str(tmp_path / "t5-compact"), str(out), json.dumps(TF4_CASES), json.dumps(list(TF4_ERRORS))]
+    command = [sys.executable, "-c", TRANSFORMERS_4, *args, PROMPT]
+    result = subprocess.run(command, cwd=COMFYUI_PATH, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    transformers_version, hub_version = next(line for line in lines if line.startswith("versions")).split()[1:]
+    assert transformers_version.startswith("4.") and hub_version.startswith("0."), (transformers_version, hub_version)
+    refused = [line.split(" ", 2)[1:] for line in lines if line.startswith("refused:")]
+    assert [error for error, _ in refused] == list(TF4_ERRORS.values())
+    assert all(name in message for name, (_, message) in zip(TF4_ERRORS, refused, strict=True))
+    needs = next(line for line in lines if line.startswith("model class:"))
+    assert f"needs transformers>=5.0 (this environment has {transformers_version})" in needs
+
+    theirs = torch.load(out, weights_only=True)
+    for name, node, load_args in TF4_CASES:
+        (clip,) = _node(nodes, node)().load_clip(*load_args)
+        here = nodes.CLIPTextEncode().encode(clip, PROMPT)[0][0][0]
+        torch.testing.assert_close(theirs[name], here, atol=0, rtol=0, msg=name)  # bit for bit as on transformers 5
+        compact = load_args[0] if node == "CLIPLoaderCompactT5" else load_args[1]
+        reference = _reference(models / compact, _t5_ids(clip, PROMPT), clip)
+        torch.testing.assert_close(theirs[name], reference, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_memory_of_a_base_student_vs_t5xxl() -> None:

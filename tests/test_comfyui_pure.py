@@ -212,7 +212,7 @@ def test_dtype_option() -> None:
     ],
 )
 def test_input_specs(spec, required: list[str]) -> None:
-    files = ["clip_l.safetensors", "sub/distillt5_base.safetensors"]
+    files = ["clip_l.safetensors", "sub/distill_t5_base.safetensors"]
     inputs = spec(files)
     assert list(inputs["required"]) == required
     for name in required:

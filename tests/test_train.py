@@ -176,6 +176,7 @@ def test_init_from_pretrained_t5_is_used(tmp_path):
             train_batch_size=2,
             validation_prompts=["a red cat", "a sign"],
             validation_images_steps=8,
+            report_to="tensorboard",
         ),
     ],
     ids=["sd3-cfg", "schnell-trajectory-aux", "bf16-pooled-images"],
@@ -187,11 +188,24 @@ def test_families_and_options_train(tmp_path, overrides):
     assert history[-1]["L_vision"] != history[0]["L_vision"]
     student = T5CompactEncoder.from_pretrained(folder)
     assert next(student.parameters()).dtype == torch.float32  # fp32 master weights even under bf16 autocast
+    card = (folder / "README.md").read_text()  # the model card, written after the training record it reports
+    assert ("## Held-out fidelity" in card) == (folder / "training_info.json").is_file()
     if "validation_prompts" in overrides:
+        from t5_compact.training import validation
         from t5_compact.training.validation import image_array
 
         grid = image_array(tmp_path / "validation" / "step-0000008.png")
-        assert grid.shape == (2 * 16, 2 * 16, 3)  # rows: prompts; columns: teacher | student
+        # rows: prompts; columns: teacher | student; 16 px samples upscaled 16x (>= 256 px), plus the label bands
+        assert grid.shape == (validation.HEADER_HEIGHT + 2 * 256, validation.LABEL_WIDTH + 2 * 256, 3)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        logged = set()
+        for events_dir in {p.parent for p in (tmp_path / "logs").rglob("events.out.tfevents.*")}:
+            events = EventAccumulator(str(events_dir), size_guidance={"images": 0})
+            events.Reload()
+            if "validation" in events.Tags()["images"]:
+                logged |= {(e.step, e.width, e.height) for e in events.Images("validation")}
+        assert (8, grid.shape[1], grid.shape[0]) in logged  # the same grid in TensorBoard
 
 
 def test_trajectory_mode_batched_timesteps_equal_one_by_one(tmp_path):

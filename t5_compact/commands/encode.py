@@ -66,6 +66,7 @@ def _encode(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from ..bench.report import format_count
     from ..devices import check_device
     from ..errors import UsageError
     from ..modeling_t5_compact import T5CompactEncoder
@@ -87,7 +88,7 @@ def _encode(args: argparse.Namespace) -> int:
         )
     with torch.inference_mode():
         embeds = encoder(ids.to(encoder.device), output_hidden_states=False)[0]
-    print(f"encoder: {args.encoder} ({encoder.num_parameters() / 1e6:.1f} M params, {encoder.dtype}, {device})")
+    print(f"encoder: {args.encoder} ({format_count(encoder.num_parameters())} params, {encoder.dtype}, {device})")
     print(f"prompt_embeds: {tuple(embeds.shape)} {embeds.dtype}")
     stats = embeds.float()
     for i, prompt in enumerate(args.prompts):

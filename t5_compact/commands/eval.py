@@ -40,11 +40,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--zero-pooled", action="store_true", help="zero CLIP's pooled vector (the training setting) for both"
     )
     parser.add_argument("--clip-model", default=None, help="CLIP model (folder or hub id) for CLIP scores")
-    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="compute dtype")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "bf16", "fp16"],
+        help="compute dtype (default: fp32 on CPU, where bf16 rounding hides the differences between students; "
+        "bf16 on CUDA)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--grid-rows", type=int, default=8, help="prompts per image grid")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def choose_dtype(args: argparse.Namespace) -> str:
+    """`--dtype`, or the default for `--device` (fp32 on CPU, bf16 on CUDA); prints the choice."""
+    if args.dtype:
+        return args.dtype
+    args.dtype = "bf16" if str(args.device).startswith("cuda") else "fp32"
+    print(f"eval: computing in {args.dtype} (the default on {args.device}; --dtype to change)")
+    return args.dtype
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -80,6 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
     check_positive(args, "steps", "resolution", "max_sequence_length", "batch_size", "grid_rows", "threads")
     check_positive(args, zero_ok=("max_prompts", "guidance"))
     check_device(args.device)
+    choose_dtype(args)
     settings = EvalSettings(
         pipeline=args.pipeline,
         students=parse_students(args.students),

@@ -210,6 +210,9 @@ def train(config: TrainConfig) -> Path:
             width=res,
             guidance=config.heldout_guidance,
             seed=config.seed,
+            prompts=config.validation_prompts,
+            step=step,
+            accelerator=accelerator,
         )
 
     vae = parts.vae_loader().to(accelerator.device) if config.validation_prompts else None
@@ -278,12 +281,16 @@ def train(config: TrainConfig) -> Path:
 
 
 def export_student(student, folder: Path, comfyui: bool = False) -> None:
-    """Write the trained student with `save_pretrained` (+ a ComfyUI single file if asked)."""
+    """Write the trained student with `save_pretrained` (+ a ComfyUI single file if asked) and its model card
+    (`README.md`, as `t5-compact export` writes it; the training record is read from the folder when present)."""
+    from ..export import write_card
+
     student.eval().save_pretrained(folder)
     if comfyui:
         from ..convert import save_comfyui
 
         save_comfyui(student, folder.parent / f"{folder.name}-comfyui.safetensors")
+    write_card(student, folder)
 
 
 def _cpu_distributed() -> bool:
