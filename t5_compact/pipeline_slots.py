@@ -46,6 +46,11 @@ TEXT_WIDTH_KEYS: dict[str, str | tuple[str, int]] = {
     "Kandinsky3UNet": "encoder_hid_dim",
 }
 DENOISERS = ("transformer", "unet")
+# Pipelines (class-name prefixes) whose `encode_prompt` passes the tokenizer's attention mask to the T5 encoder,
+# read from diffusers 0.42's sources; the others (FLUX, SD3, LTX, CogVideoX, ...) encode the pad tokens too.
+MASKED_T5_PREFIXES = (
+    "Chroma", "PixArt", "HiDream", "Mochi", "Cosmos", "Allegro", "Latte", "Kandinsky3", "IF", "LTXConditionPipeline"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,18 @@ class T5Slot:
     slot: str
     kind: str
     denoiser: str | None
+
+    @property
+    def tokenizer(self) -> str:
+        """The tokenizer component paired with the slot (`text_encoder_2` -> `tokenizer_2`)."""
+        return self.slot.replace("text_encoder", "tokenizer")
+
+
+def default_max_sequence_length(pipeline: object) -> int | None:
+    """The `max_sequence_length` default of the pipeline's `__call__` (FLUX 512, SD3 256, PixArt-Sigma 300...)."""
+    param = inspect.signature(pipeline_class(pipeline).__call__).parameters.get("max_sequence_length")
+    default = None if param is None else param.default
+    return default if isinstance(default, int) else None
 
 
 def _annotation_names(annotation: object) -> set[str]:
@@ -103,6 +120,11 @@ def find_t5_slot(pipeline: object, index: dict | None = None) -> T5Slot:
         kind = "umt5" if "umt5" in kinds else "t5"
     denoiser = next((d for d in DENOISERS if d in params), None)
     return T5Slot(cls.__name__, slot, kind, denoiser)
+
+
+def passes_t5_mask(pipeline: object) -> bool:
+    """Whether the pipeline encodes prompts with the T5 attention mask (`MASKED_T5_PREFIXES`)."""
+    return pipeline_class(pipeline).__name__.startswith(MASKED_T5_PREFIXES)
 
 
 def check_kind(slot: T5Slot) -> None:

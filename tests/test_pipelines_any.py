@@ -24,7 +24,7 @@ from transformers import T5Config, T5EncoderModel
 
 from t5_compact import T5CompactEncoder
 from t5_compact.errors import WidthMismatchError
-from t5_compact.pipeline_slots import ENCODER_KINDS, STUDENT_CLASSES, find_t5_slot, pipeline_class
+from t5_compact.pipeline_slots import ENCODER_KINDS, STUDENT_CLASSES, find_t5_slot, passes_t5_mask, pipeline_class
 from t5_compact.pipelines import load_pipeline, pipeline_t5_slot
 from t5_compact.tiny import tiny_compact_encoder
 from t5_compact.tiny_pipelines import TINY_CALLS, TINY_PIPELINES
@@ -120,7 +120,7 @@ def test_masked_t5_embeddings_equal_plain_t5_plus_projector_with_that_mask(tiny_
             torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
             if mask is not None and bool((mask == 0).any()):  # and the mask matters
                 assert not torch.allclose(out, plain_t5_with_projector(encoder, ids, None), atol=1e-4)
-    assert masked == (name in MASKED)
+    assert masked == (name in MASKED) == passes_t5_mask(name)
 
 
 def test_save_and_reload_in_a_fresh_process_for_every_pipeline(tiny_dirs, tmp_path):
@@ -205,3 +205,41 @@ def _declares(cls_name: str, pipeline: str) -> bool:
     except (ValueError, ImportError, AttributeError):
         return False
     return any(cls_name in str(p.annotation) for p in params)
+
+
+def test_generate_cli_writes_an_image_for_chroma_and_a_gif_for_cogvideox(
+    tiny_dirs, tiny_encoder_dir, tmp_path, capsys
+):
+    from PIL import Image
+
+    from t5_compact.cli import main
+
+    common = ["--encoder", str(tiny_encoder_dir), "--steps", "2", "--max-sequence-length", "16", "a red cat"]
+    image = ["--height", "32", "--width", "32"]
+    out = tmp_path / "chroma.png"
+    assert main(["generate", "--pipeline", str(tiny_dirs["ChromaPipeline"]), *common, *image, "-o", str(out)]) == 0
+    assert Image.open(out).size == (32, 32)
+    video = ["--height", "16", "--width", "16", "--frames", "8", "-o", str(tmp_path / "cog.png")]
+    assert main(["generate", "--pipeline", str(tiny_dirs["CogVideoXPipeline"]), *common, *video]) == 0
+    gif = Image.open(tmp_path / "cog.gif")
+    assert gif.n_frames > 1 and gif.size == (16, 16)  # PIL merges identical consecutive frames
+    stdout = capsys.readouterr().out
+    assert "ChromaPipeline on cpu" in stdout and "CogVideoXPipeline on cpu" in stdout and "(8 frames, 16x16)" in stdout
+
+
+def test_encode_cli_uses_the_pipelines_tokenizer_length_and_mask(tiny_dirs, tiny_encoder_dir, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from t5_compact.cli import main
+
+    for name, length, masked in (("PixArtSigmaPipeline", 300, True), ("CogVideoXPipeline", 226, False)):
+        out = tmp_path / f"{name}.safetensors"
+        args = ["encode", "--encoder", str(tiny_encoder_dir), "--pipeline", str(tiny_dirs[name]), "a red cat"]
+        assert main([*args, "--out", str(out)]) == 0
+        stdout = capsys.readouterr().out
+        assert f"prompt_embeds: (1, {length}, 32)" in stdout and ("mask applied" in stdout) == masked
+        with safe_open(str(out), "pt") as fh:
+            embeds, ids, mask = (fh.get_tensor(k) for k in ("prompt_embeds", "input_ids", "attention_mask"))
+        with torch.no_grad():
+            expected = tiny_compact_encoder()(ids, attention_mask=mask if masked else None)[0]
+        torch.testing.assert_close(embeds, expected)
