@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -13,27 +14,46 @@ from .loading import cast_encoder, is_offline, looks_like_repo_id, resolve_dtype
 from .modeling_t5_compact import T5CompactEncoder
 from .pipeline_slots import T5Slot, check_kind, find_t5_slot, text_width
 
-# Training families (one distillation adapter each): class-name prefix -> family, and the family's T5 slot.
-FAMILY_PREFIXES = {"Flux": "flux", "StableDiffusion3": "sd3", "Chroma": "chroma", "LTX": "ltx"}
-ENCODER_SLOTS = {"flux": "text_encoder_2", "sd3": "text_encoder_3", "chroma": "text_encoder", "ltx": "text_encoder"}
+
+class _FamilySlots(Mapping):
+    """family -> T5 slot of its pipelines, read from the family registry (`distill.families`) on access."""
+
+    def _registry(self) -> dict:
+        from .distill.families import FAMILIES
+
+        return FAMILIES
+
+    def __getitem__(self, family: str) -> str:
+        return self._registry()[family].t5_slot
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._registry())
+
+    def __len__(self) -> int:
+        return len(self._registry())
+
+
+# Training families' T5 slots: {"flux": "text_encoder_2", "sd3": "text_encoder_3", "chroma": ..., "ltx": ...}.
+ENCODER_SLOTS: Mapping[str, str] = _FamilySlots()
 
 
 def detect_family(pipeline_or_name: object) -> str:
-    """The training family (`"flux"`, `"sd3"`, `"chroma"`, `"ltx"`) of a pipeline object, class or class name.
+    """The training family (`"flux"`, `"sd3"`, `"chroma"`, `"ltx"`, ... as registered in `distill.families`) of a
+    pipeline object, class or class name. Only training needs a family; `load_pipeline` takes any T5 pipeline."""
+    from .distill.families import family_of_class_name
 
-    Only training needs a family; `load_pipeline` takes any pipeline with a T5 slot."""
     if isinstance(pipeline_or_name, str):
         name = pipeline_or_name
     elif isinstance(pipeline_or_name, type):
         name = pipeline_or_name.__name__
     else:
         name = type(pipeline_or_name).__name__
-    for prefix, family in FAMILY_PREFIXES.items():
-        if name.startswith(prefix):
-            return family
-    raise ValueError(
-        f"{name}: not a FLUX, Stable Diffusion 3, Chroma or LTX-Video pipeline; distillation supports those families"
-    )
+    family = family_of_class_name(name)
+    if family is None:
+        raise ValueError(
+            f"{name}: not a FLUX, Stable Diffusion 3, Chroma or LTX-Video pipeline; distillation supports only those"
+        )
+    return family
 
 
 def read_pipeline_config(base: str | os.PathLike, filename: str = "model_index.json", **hub_kwargs) -> dict:

@@ -195,7 +195,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
     scorer = ClipScorer(settings.clip_model, device) if settings.clip_model else None
 
     def conditioning(embeds: TextEmbeds) -> TextEmbeds:
-        return TextEmbeds(embeds.t5, embeds.clip, None) if settings.zero_pooled else embeds
+        return embeds.without_pooled() if settings.zero_pooled else embeds
 
     def negatives(negative: TextEmbeds | None, count: int) -> TextEmbeds | None:
         return None if negative is None else conditioning(TextEmbeds.cat([negative] * count)).to(device)
