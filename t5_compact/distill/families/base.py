@@ -156,6 +156,24 @@ class FamilyAdapter:
         dim = self.transformer.config.pooled_projection_dim
         return self._constant(("pooled", batch, dim, device), lambda: torch.zeros(batch, dim, device=device))
 
+    @classmethod
+    def config_options(cls, config) -> dict:
+        """Constructor options from a training config (LTX: `num_frames`); none by default."""
+        return {}
+
+    def unpack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Final latents in the VAE's layout (identity for plain latents)."""
+        return latents
+
+    @torch.no_grad()
+    def decode(self, vae, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Images `[B, 3, H, W]` in [-1, 1] from final latents, as the pipeline decodes them (unscale, shift, VAE)."""
+        latents = self.unpack_latents(latents, height, width)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = latents / vae.config.scaling_factor + shift
+        param = next(vae.parameters())
+        return vae.decode(latents.to(param.device, param.dtype), return_dict=False)[0]
+
     @staticmethod
     def step(scheduler, velocity: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """One flow-matching Euler step `x_{t-1} = scheduler.step(v, t, x_t)` (float32)."""

@@ -32,6 +32,9 @@ class FluxAdapter(FamilyAdapter):
         h, w = self._latent_hw(height, width)
         return (batch_size, (h // 2) * (w // 2), self.transformer.config.in_channels)
 
+    def unpack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return FluxPipeline._unpack_latents(latents, height, width, self.vae_scale_factor)
+
     def image_seq_len(self, height: int, width: int) -> int:
         h, w = self._latent_hw(height, width)
         return (h // 2) * (w // 2)

@@ -54,9 +54,31 @@ class LTXAdapter(FamilyAdapter):
             "temporal_compression": pipe.vae_temporal_compression_ratio,
         }
 
+    @classmethod
+    def config_options(cls, config) -> dict:
+        return {"num_frames": config.num_frames}
+
     @property
     def uses_guidance_embedding(self) -> bool:
         return False
+
+    def unpack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """`[B, C, F, H, W]` video latents."""
+        frames, h, w = self._latent_fhw(height, width)
+        cfg = self.transformer.config
+        return LTXPipeline._unpack_latents(latents, frames, h, w, cfg.patch_size, cfg.patch_size_t)
+
+    @torch.no_grad()
+    def decode(self, vae, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The first frame of each video `[B, 3, H, W]`, decoded as `LTXPipeline` does with `decode_timestep=0`."""
+        video = self.unpack_latents(latents, height, width)
+        video = LTXPipeline._denormalize_latents(video, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        param = next(vae.parameters())
+        video = video.to(param.device, param.dtype)
+        timestep = None
+        if vae.config.timestep_conditioning:
+            timestep = torch.zeros(video.shape[0], device=param.device, dtype=param.dtype)
+        return vae.decode(video, timestep, return_dict=False)[0][:, :, 0]
 
     def _latent_fhw(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.vae_scale_factor

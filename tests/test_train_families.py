@@ -1,0 +1,103 @@
+"""Chroma and LTX-Video through the normal `t5-compact train` / `cache-teacher` / `eval`: tiny presets train and
+resume exactly, the teacher cache keeps the T5 mask, validation images decode, real-size presets validate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+
+from t5_compact.cli import main as cli_main
+from t5_compact.modeling_t5_compact import T5CompactEncoder
+from t5_compact.training.config import build_config, read_config_file
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+pytestmark = pytest.mark.usefixtures("single_thread_fresh_accelerate")
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu-chroma", "tiny-cpu-ltx", "chroma-base", "ltx-base"])
+def test_family_presets_validate(name):
+    config = build_config(read_config_file(CONFIGS / f"{name}.yaml"), {})
+    assert config.total_steps() > 0 and config.stage_list()
+    family = "chroma" if "chroma" in name else "ltx"
+    assert config.pretrained_model == "tiny:" + family if name.startswith("tiny") else "/" in config.pretrained_model
+
+
+def _train(preset: str, out: Path, *extra: str) -> None:
+    args = ["train", "--config", str(CONFIGS / f"{preset}.yaml"), "--output_dir", str(out), "--max_train_steps", "6"]
+    args += ["--checkpointing_steps", "3", "--validation_steps", "3", "--report_to", "none", "--no-tqdm", *extra]
+    assert cli_main(args) == 0
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("preset", ["tiny-cpu-chroma", "tiny-cpu-ltx"])
+def test_tiny_preset_trains_and_resumes_exactly(tmp_path, preset):
+    """6 steps of the shipped preset straight == 3 steps, then resume from checkpoint-3 for 3 more."""
+    no_images = ["--validation_images_steps", "0"]
+    _train(preset, tmp_path / "straight", *no_images)
+    history = json.loads((tmp_path / "straight" / "heldout.json").read_text())
+    assert [h["step"] for h in history] == [0, 3, 6] and history[-1]["L_vision"] != history[0]["L_vision"]
+    assert all(v > 0 for h in history for v in h["L_vision"].values())
+    checkpoint = tmp_path / "straight" / "checkpoint-3"
+    _train(preset, tmp_path / "resumed", *no_images, "--resume", str(checkpoint))
+    a = T5CompactEncoder.from_pretrained(tmp_path / "straight" / "student")
+    b = T5CompactEncoder.from_pretrained(tmp_path / "resumed" / "student")
+    assert a.out_dim == 32
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_chroma_validation_images_and_cached_teacher_with_mask(tmp_path):
+    """cache-teacher stores the T5 mask; training from the cache equals training on the fly; images are written."""
+    config = str(CONFIGS / "tiny-cpu-chroma.yaml")
+    cache = tmp_path / "cache"
+    assert (
+        cli_main(["cache-teacher", "--config", config, "--teacher_cache", str(cache), "--max_train_steps", "4"]) == 0
+    )
+    index = json.loads((cache / "index.json").read_text())
+    from safetensors import safe_open
+
+    with safe_open(str(cache / index["shards"][0]), "pt") as fh:
+        assert "mask" in fh.keys() and "clip" not in fh.keys()
+    from t5_compact.training.teacher_cache import prompt_key
+
+    assert prompt_key("") in index["prompts"]  # the CFG negative
+    extra = ["--max_train_steps", "4", "--validation_images_steps", "4"]
+    _train("tiny-cpu-chroma", tmp_path / "fly", *extra)
+    _train("tiny-cpu-chroma", tmp_path / "cached", *extra, "--teacher_cache", str(cache))
+    losses = [
+        [json.loads(line)["loss"] for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+        for run in ("fly", "cached")
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    from t5_compact.training.validation import image_array
+
+    assert image_array(tmp_path / "cached" / "validation" / "step-0000004.png").shape == (2 * 32, 2 * 32, 3)
+
+
+def test_ltx_decode_is_the_pipelines_first_frame():
+    from t5_compact.distill import PromptEncoder, adapter_from_pipeline, sample
+    from t5_compact.tiny_pipelines import tiny_ltx
+
+    pipe = tiny_ltx()
+    pipe.set_progress_bar_config(disable=True)
+    adapter = adapter_from_pipeline(pipe, num_frames=1)
+    cond = PromptEncoder.from_pipeline(pipe, max_sequence_length=16).encode(["a red cat"], pipe.text_encoder)
+    latents = adapter.prepare_latents(1, 32, 32, generator=torch.Generator().manual_seed(1))
+    final = sample(adapter, cond, latents, num_steps=2, height=32, width=32)
+    ours = (adapter.decode(pipe.vae, final, 32, 32).clamp(-1, 1) + 1) / 2
+    theirs = pipe(
+        prompt_embeds=cond.t5,
+        prompt_attention_mask=cond.mask,
+        height=32,
+        width=32,
+        num_frames=1,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(1),
+        output_type="pt",
+    ).frames[:, 0]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
