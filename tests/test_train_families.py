@@ -101,3 +101,34 @@ def test_ltx_decode_is_the_pipelines_first_frame():
         output_type="pt",
     ).frames[:, 0]
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_eval_answers_does_a_flux_trained_student_work_on_chroma(tmp_path):
+    """The users' question, by measurement (tiny scale: the mechanism, not an answer for the real models): a student
+    trained on (tiny) FLUX and one trained on (tiny) Chroma, evaluated side by side on a Chroma pipeline folder."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from test_eval import identity_student
+
+    from t5_compact.tiny_pipelines import tiny_chroma
+    from t5_compact.training.models import FLUX_SCHEDULER
+
+    chroma = tiny_chroma()
+    chroma.scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    chroma.save_pretrained(tmp_path / "chroma")
+    identity_student(chroma.text_encoder).save_pretrained(tmp_path / "same")
+    for family in ("flux", "chroma"):
+        preset = "tiny-cpu" if family == "flux" else "tiny-cpu-chroma"
+        _train(preset, tmp_path / family, "--validation_images_steps", "0", "--checkpointing_steps", "100")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\na sign that says hello\n")
+    students = ",".join(f"{n}_student={tmp_path / n / 'student'}" for n in ("flux", "chroma"))
+    argv = ["eval", "--pipeline", str(tmp_path / "chroma"), "--prompts", str(prompts), "--out", str(tmp_path / "ev")]
+    argv += ["--students", f"same={tmp_path / 'same'},{students}", "--steps", "2", "--resolution", "32"]
+    assert cli_main([*argv, "--dtype", "fp32", "--guidance", "4.0", "--no-progress"]) == 0
+    data = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert data["meta"]["family"] == "chroma" and data["meta"]["classifier_free_guidance"] is True
+    summary = {s["label"]: s["summary"]["all"] for s in data["students"]}
+    assert summary["same"]["l_vision"] == 0.0 and summary["same"]["latent_mse"] == 0.0
+    for label in ("flux_student", "chroma_student"):
+        assert 0 < summary[label]["l_vision"] < float("inf")
+    assert "flux_student" in (tmp_path / "ev" / "eval.md").read_text()
