@@ -132,3 +132,23 @@ def test_eval_answers_does_a_flux_trained_student_work_on_chroma(tmp_path):
     for label in ("flux_student", "chroma_student"):
         assert 0 < summary[label]["l_vision"] < float("inf")
     assert "flux_student" in (tmp_path / "ev" / "eval.md").read_text()
+
+
+def test_chroma_trains_under_two_process_ddp(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (DDP over gloo on CPU) with the Chroma preset."""
+    import os
+    import subprocess
+
+    out = tmp_path / "run"
+    cmd = ["accelerate", "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    cmd += ["--dynamo_backend", "no", "--multi_gpu", "-m", "t5_compact.cli", "train", "--config"]
+    cmd += [str(CONFIGS / "tiny-cpu-chroma.yaml"), "--output_dir", str(out), "--max_train_steps", "2"]
+    cmd += ["--train_batch_size", "2", "--validation_images_steps", "0", "--checkpointing_steps", "2", "--no-tqdm"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rng_files = sorted(p.name for p in (out / "checkpoint-2").glob("random_states_*"))
+    assert rng_files == ["random_states_0.pkl", "random_states_1.pkl"]
+    history = json.loads((out / "heldout.json").read_text())
+    assert all(v > 0 for h in history for v in h["L_vision"].values())
+    assert T5CompactEncoder.from_pretrained(out / "student").out_dim == 32
