@@ -152,3 +152,27 @@ def test_chroma_trains_under_two_process_ddp(tmp_path):
     history = json.loads((out / "heldout.json").read_text())
     assert all(v > 0 for h in history for v in h["L_vision"].values())
     assert T5CompactEncoder.from_pretrained(out / "student").out_dim == 32
+
+
+@pytest.mark.parametrize("family", ["chroma", "ltx"])
+def test_components_load_from_a_saved_pipeline_folder(tmp_path, family):
+    """The non-tiny path (a diffusers folder, as for the real models): classes from the configs, VAE factors from
+    the VAE config equal the pipeline's own, the T5 slot and tokenizer of the family."""
+    from t5_compact.distill import adapter_from_pipeline
+    from t5_compact.tiny_pipelines import tiny_chroma, tiny_ltx
+    from t5_compact.training.models import load_components
+
+    pipe = (tiny_chroma if family == "chroma" else tiny_ltx)()
+    pipe.save_pretrained(tmp_path / "pipe")
+    values = {"pretrained_model": str(tmp_path / "pipe"), "sources": [{"prompts": ["a cat"]}], "max_train_steps": 1}
+    config = build_config(values, {})
+    parts = load_components(config, load_teacher=True, need_clip=False, device="cpu", weight_dtype=torch.float32)
+    expected = adapter_from_pipeline(pipe)
+    assert parts.family == family and type(parts.adapter) is type(expected)
+    assert parts.adapter.vae_scale_factor == expected.vae_scale_factor
+    assert getattr(parts.adapter, "temporal_compression", None) == getattr(expected, "temporal_compression", None)
+    ids = parts.prompt_encoder.tokenize(["a red cat"])
+    mask = (ids != 0).long() if family == "chroma" else None  # Chroma encodes with the mask, LTX without
+    got = parts.prompt_encoder.encode(["a red cat"], parts.teacher_t5).t5
+    torch.testing.assert_close(got, pipe.text_encoder(ids, attention_mask=mask)[0])
+    assert parts.vae_loader().__class__ is pipe.vae.__class__
