@@ -11,7 +11,26 @@ from collections.abc import Callable
 
 import torch
 
-from .tiny import TINY_WIDTH, _tiny_vae, tiny_clip_config, tiny_clip_tokenizer, tiny_t5_tokenizer, tiny_teacher_t5
+from .tiny import TINY_WIDTH, tiny_clip_config, tiny_clip_tokenizer, tiny_t5_tokenizer, tiny_teacher_t5
+
+
+def _tiny_vae(latent_channels: int):
+    """A one-block `AutoencoderKL` (scale factor 1), as diffusers' FLUX / Chroma tests build it."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
 
 
 def _t5_parts(seed: int) -> dict[str, object]:
