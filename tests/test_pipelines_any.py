@@ -243,3 +243,12 @@ def test_encode_cli_uses_the_pipelines_tokenizer_length_and_mask(tiny_dirs, tiny
         with torch.no_grad():
             expected = tiny_compact_encoder()(ids, attention_mask=mask if masked else None)[0]
         torch.testing.assert_close(embeds, expected)
+
+
+def test_ltx_example_imports_cleanly_without_path_hacks():
+    import runpy
+
+    path = Path(__file__).parents[1] / "examples" / "diffusers_ltx.py"
+    source = path.read_text()
+    assert "sys.path" not in source and "t5_compact.load_pipeline(" in source
+    assert callable(runpy.run_path(str(path), run_name="example")["main"])  # main() needs the real models
