@@ -23,7 +23,7 @@ from t5_compact.distill import (
 from t5_compact.pipelines import ENCODER_SLOTS, detect_family
 from t5_compact.tiny import tiny_compact_encoder
 from t5_compact.tiny_pipelines import tiny_chroma, tiny_ltx
-from t5_compact.training.models import FLUX_SCHEDULER
+from t5_compact.training.models import FLUX_SCHEDULER, LTX_SCHEDULER
 
 PROMPTS = ["a red cat", "two dogs on a car next to a tree"]
 
@@ -81,9 +81,13 @@ def test_chroma_prompt_encoding_matches_encode_prompt_with_its_masks():
     assert torch.equal(ChromaAdapter.transformer_mask(ours.mask, 0).to(mask.dtype), mask)
 
 
+@pytest.mark.parametrize("ltx_shift", [True, False], ids=["ltx-shift", "default-scheduler"])
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_ltx_trajectory_matches_pipeline_latents(guidance):
+def test_ltx_trajectory_matches_pipeline_latents(guidance, ltx_shift):
     pipe, adapter, encoder, teacher_t5 = _setup(tiny_ltx, False)
+    if ltx_shift:  # LTX-Video's own sequence-length shift and terminal sigma (the tiny:ltx training model's)
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULER)
+        adapter = adapter_from_pipeline(pipe)
     assert adapter.vae_scale_factor == 4 and adapter.temporal_compression == 4 and adapter.num_frames == 9
     teacher = encoder.encode(PROMPTS, teacher_t5)
     negative = TextEmbeds.cat([encoder.encode([""], teacher_t5)] * 2)
@@ -108,7 +112,10 @@ def test_ltx_trajectory_matches_pipeline_latents(guidance):
     ).frames
     torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
     scheduler = adapter.new_scheduler()
-    torch.testing.assert_close(adapter.set_timesteps(scheduler, 4, height, width), pipe.scheduler.timesteps)
+    timesteps = adapter.set_timesteps(scheduler, 4, height, width)
+    torch.testing.assert_close(timesteps, pipe.scheduler.timesteps)
+    unshifted = torch.tensor([1000.0, 750.0, 500.0, 250.0])
+    assert torch.allclose(timesteps, unshifted) != ltx_shift  # the shift really acts
 
 
 def test_ltx_prompt_encoding_matches_encode_prompt():
