@@ -127,6 +127,14 @@ def passes_t5_mask(pipeline: object) -> bool:
     return pipeline_class(pipeline).__name__.startswith(MASKED_T5_PREFIXES)
 
 
+def student_class(kind: str) -> type:
+    """The compact encoder class for an encoder kind (`STUDENT_CLASSES`), imported on demand."""
+    import importlib
+
+    module, name = STUDENT_CLASSES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def check_kind(slot: T5Slot) -> None:
     """Refuse a slot no compact student exists for (UMT5 today), in one line."""
     if slot.kind not in STUDENT_CLASSES:

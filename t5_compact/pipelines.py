@@ -12,7 +12,7 @@ import torch
 from .errors import CorruptCheckpointError, EncoderNotFoundError, WidthMismatchError
 from .loading import cast_encoder, is_offline, looks_like_repo_id, resolve_dtype
 from .modeling_t5_compact import T5CompactEncoder
-from .pipeline_slots import T5Slot, check_kind, find_t5_slot, text_width
+from .pipeline_slots import T5Slot, check_kind, find_t5_slot, student_class, text_width
 
 
 class _FamilySlots(Mapping):
@@ -147,8 +147,11 @@ def load_pipeline(
     expected, key = text_width(read_pipeline_config(base, f"{slot.denoiser}/config.json", **hub_kwargs), where)
     dtype = resolve_dtype(torch_dtype)
     dtype = None if dtype == "auto" else dtype
-    if not isinstance(encoder, T5CompactEncoder):
-        encoder = T5CompactEncoder.from_pretrained(encoder, torch_dtype=dtype)
+    student_cls = student_class(slot.kind)  # T5CompactEncoder for T5 slots (a UMT5 student would plug in here)
+    if not isinstance(encoder, torch.nn.Module):
+        encoder = student_cls.from_pretrained(encoder, torch_dtype=dtype)
+    elif not isinstance(encoder, student_cls):
+        raise TypeError(f"{slot.pipeline}.{slot.slot} takes a {student_cls.__name__}, got {type(encoder).__name__}")
     check_width(encoder, expected, where, key)
     if dtype is not None:
         pipeline_kwargs["dtype"] = dtype  # diffusers >= 0.42 (our lower bound) names it `dtype`

@@ -252,3 +252,10 @@ def test_ltx_example_imports_cleanly_without_path_hacks():
     source = path.read_text()
     assert "sys.path" not in source and "t5_compact.load_pipeline(" in source
     assert callable(runpy.run_path(str(path), run_name="example")["main"])  # main() needs the real models
+
+
+def test_load_pipeline_takes_only_the_slots_student_class(tiny_dirs):
+    from t5_compact.tiny import tiny_teacher_t5
+
+    with pytest.raises(TypeError, match="FluxPipeline.text_encoder_2 takes a T5CompactEncoder, got T5EncoderModel"):
+        load_pipeline(tiny_dirs["FluxPipeline"], tiny_teacher_t5())
