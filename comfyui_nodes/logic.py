@@ -37,10 +37,14 @@ DTYPE_OPTIONS = ["default", "fp32", "fp16", "bf16"]
 DEVICE_OPTIONS = ["default", "cpu"]  # as the stock CLIPLoader / DualCLIPLoader
 SAFETENSORS_DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "float32": "fp32", "float16": "fp16"}
 SAFETENSORS_DTYPES |= {"bfloat16": "bf16", "torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
-T5_ONLY_TYPES = ["sd3", "chroma", "pixart"]
+# Every stock `CLIPLoader` type that runs T5-XXL alone in ComfyUI v0.33.0 (`comfy.sd.load_text_encoder_state_dicts`,
+# T5_XXL branch). Not here: wan (a UMT5-XXL, vocab 256k), cosmos (the old T5 v1.0 11B, T5_XXL_OLD).
+T5_ONLY_TYPES = ["sd3", "chroma", "pixart", "ltxv", "mochi", "cogvideox", "hidream"]
 # Compositions (see `model.py`) and the model family each one feeds, for messages.
 FAMILY_NAMES = {"flux": "FLUX.1", "sd3": "SD3", "sd3_t5_only": "SD3", "pixart": "PixArt / Chroma"}
+FAMILY_NAMES |= {"ltxv": "LTX-Video", "mochi": "Mochi", "cogvideox": "CogVideoX", "hidream": "HiDream"}
 T5_ONLY_FAMILIES = {"sd3": "sd3_t5_only", "chroma": "pixart", "pixart": "pixart"}
+T5_ONLY_FAMILIES |= {t: t for t in ("ltxv", "mochi", "cogvideox", "hidream")}
 
 CATEGORY = "model/loaders/t5-compact"
 
@@ -188,7 +192,7 @@ def t5_only_inputs(files: Sequence[str]) -> dict[str, dict]:
     return {
         "required": {
             "compact_t5": (list(files), {"tooltip": _T5_TIP}),
-            "type": (T5_ONLY_TYPES, {"tooltip": "sd3: SD3 with T5 only; chroma / pixart: T5-only models"}),
+            "type": (T5_ONLY_TYPES, {"tooltip": "as the stock CLIPLoader type of a T5-XXL file (sd3: T5 only)"}),
         },
         "optional": _optional(),
     }
@@ -209,7 +213,8 @@ NODES: dict[str, tuple[str, str, str]] = {
     "CLIPLoaderCompactT5": (
         "CLIPLoader (compact T5 only)",
         "CLIPLoader",
-        "A compact T5 encoder alone, for T5-only graphs (SD3 T5-only, Chroma, PixArt). Replaces CLIPLoader.",
+        "A compact T5 encoder alone, for T5-only graphs (SD3 T5-only, Chroma, PixArt, LTX-Video, Mochi, CogVideoX, "
+        "HiDream T5-only). Replaces CLIPLoader with a T5-XXL file.",
     ),
 }
 

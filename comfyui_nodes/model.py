@@ -14,8 +14,12 @@ from typing import Any
 
 import comfy.model_management
 import comfy.sd
+import comfy.text_encoders.cogvideo
 import comfy.text_encoders.flux
+import comfy.text_encoders.genmo
+import comfy.text_encoders.hidream
 import comfy.text_encoders.long_clipl
+import comfy.text_encoders.lt
 import comfy.text_encoders.pixart_t5
 import comfy.text_encoders.sd3_clip
 import comfy.text_encoders.t5
@@ -151,6 +155,9 @@ class CompactSD3ClipModel(comfy.text_encoders.sd3_clip.SD3ClipModel):
 class CompactPixArtClipModel(sd1_clip.SD1ClipModel):
     """The stock PixArt / Chroma T5-only composition with a compact T5."""
 
+    t5_model: type = CompactPixArtT5Model
+    t5_options: dict[str, Any] = {}
+
     def __init__(self, t5_config, dtype_t5=None, force_dtype_t5=False, device="cpu", dtype=None, model_options=None):
         dtype = _t5_dtype(dtype_t5, force_dtype_t5, dtype, device)
         super().__init__(
@@ -158,9 +165,42 @@ class CompactPixArtClipModel(sd1_clip.SD1ClipModel):
             dtype=dtype,
             model_options=model_options or {},
             name="t5xxl",
-            clip_model=CompactPixArtT5Model,
+            clip_model=self.t5_model,
             t5_config=t5_config,
+            **self.t5_options,
         )
+
+
+class CompactMochiClipModel(CompactPixArtClipModel):
+    """The stock Mochi / LTX-Video T5-only composition (`genmo.mochi_te`: T5 with the attention mask)."""
+
+    t5_model = CompactT5Model
+    t5_options = {"attention_mask": True}
+
+
+class CompactCogVideoXClipModel(CompactPixArtClipModel):
+    """The stock CogVideoX T5-only composition (`cogvideo.cogvideo_te`: plain T5, no mask)."""
+
+    t5_model = CompactT5Model
+
+
+class CompactHiDreamClipModel(comfy.text_encoders.hidream.HiDreamTEModel):
+    """The stock HiDream composition with T5 only (no CLIP-L/G, no Llama), a compact T5 with the attention mask."""
+
+    def __init__(self, t5_config, dtype_t5=None, force_dtype_t5=False, device="cpu", dtype=None, model_options=None):
+        model_options = model_options or {}
+        super().__init__(
+            clip_l=False, clip_g=False, t5=False, llama=False, device=device, dtype=dtype, model_options=model_options
+        )
+        dtype_t5 = _t5_dtype(dtype_t5, force_dtype_t5, dtype, device)
+        self.t5xxl = CompactT5Model(
+            t5_config, device=device, dtype=dtype_t5, attention_mask=True, model_options=model_options
+        )
+        self.dtypes.add(dtype_t5)
+
+    def load_sd(self, sd):
+        """The stock routing recognises T5 by T5-XXL's 24th block; here the only encoder is the compact T5."""
+        return self.t5xxl.load_sd(sd)
 
 
 class _Target:
@@ -180,6 +220,10 @@ _FAMILIES: dict[str, tuple[type, type, dict[str, Any]]] = {
         {"clip_l": False, "clip_g": False},
     ),
     "pixart": (CompactPixArtClipModel, comfy.text_encoders.pixart_t5.PixArtTokenizer, {}),
+    "ltxv": (CompactMochiClipModel, comfy.text_encoders.lt.LTXVT5Tokenizer, {}),
+    "mochi": (CompactMochiClipModel, comfy.text_encoders.genmo.MochiT5Tokenizer, {}),
+    "cogvideox": (CompactCogVideoXClipModel, comfy.text_encoders.cogvideo.CogVideoXTokenizer, {}),
+    "hidream": (CompactHiDreamClipModel, comfy.text_encoders.hidream.HiDreamTokenizer, {}),
 }
 
 

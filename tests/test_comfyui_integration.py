@@ -478,3 +478,82 @@ def test_memory_of_a_base_student_vs_t5xxl() -> None:
     base = logic.comfy_t5_config(compact_config("base"), "base")
     saved_gb = (4.762e9 - logic.parameter_count(base)) * 2 / 1e9
     assert math.isclose(saved_gb, 9.26, abs_tol=0.1)
+
+
+def test_t5_only_types_are_every_stock_cliploader_type_that_runs_t5xxl_alone(comfyui) -> None:
+    """Read from this ComfyUI's `load_text_encoder_state_dicts`: the CLIPLoader types its single-T5-XXL branch
+    serves (the final `else` is Mochi), minus wan (a UMT5-XXL file takes that branch too)."""
+    import inspect
+    import re
+
+    import comfy.sd
+
+    from comfyui_nodes import logic
+
+    nodes, _ = comfyui
+    source = inspect.getsource(comfy.sd.load_text_encoder_state_dicts)
+    branch = source.split("te_model == TEModel.T5_XXL:")[1].split("elif te_model ==")[0]
+    stock = {name.lower() for name in re.findall(r"CLIPType\.(\w+)", branch)} | {"mochi"}
+    assert "#CLIPType.MOCHI" in branch.replace(" ", "")  # the else branch is Mochi's
+    assert stock - {"wan"} == set(logic.T5_ONLY_TYPES)
+    loader_types = set(nodes.CLIPLoader.INPUT_TYPES()["required"]["type"][0])
+    assert set(logic.T5_ONLY_TYPES) <= loader_types
+
+
+# type -> (stock T5 padding, the stock T5 runs with the attention mask, the conditioning carries that mask)
+VIDEO_AND_HIDREAM = {
+    "ltxv": (128, True, True),
+    "mochi": (256, True, True),
+    "cogvideox": (226, False, False),
+    "hidream": (128, True, False),
+}
+
+
+@pytest.mark.parametrize("kind", list(VIDEO_AND_HIDREAM))
+def test_t5_only_loader_video_and_hidream_types(comfyui, kind: str) -> None:
+    """Same tokenization as the stock tokenizer of that type; embeddings = t5_compact's with the same mask."""
+    nodes, models = comfyui
+    length, masked, mask_in_cond = VIDEO_AND_HIDREAM[kind]
+    if kind == "hidream" and not (Path(COMFYUI_PATH) / "comfy/text_encoders/llama_tokenizer/tokenizer.json").exists():
+        _hidream_composition_without_its_tokenizer(models)
+        pytest.skip("this ComfyUI checkout lacks llama_tokenizer/tokenizer.json, which HiDreamTokenizer loads: the "
+                    "composition was checked alone (T5 tokens as HiDream's T5 tokenizer makes them)")  # fmt: skip
+    (clip,) = _node(nodes, "CLIPLoaderCompactT5")().load_clip("compact_bf16.safetensors", kind)
+    ids = [t for t, _ in clip.tokenize(PROMPT)["t5xxl"][0]]
+    assert len(ids) == length and ids[-1] == 0  # padded as the stock tokenizer of this type
+    cond = nodes.CLIPTextEncode().encode(clip, PROMPT)[0][0]
+    embeds = cond[0]
+    assert embeds.shape == (1, length, 4096)
+    assert ("attention_mask" in cond[1]) == mask_in_cond
+    from t5_compact import T5CompactEncoder
+
+    weight_dtype = clip.cond_stage_model.t5xxl.transformer.shared.weight.dtype
+    path = models / "compact_bf16.safetensors"
+    encoder = T5CompactEncoder.from_pretrained(path, torch_dtype=torch.float32).to(weight_dtype).float()
+    ids_t = torch.tensor([ids])
+    mask = (ids_t != 0).long() if masked else None
+    with torch.no_grad():
+        reference = encoder(ids_t, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(embeds, reference, atol=1e-5, rtol=1e-4)
+
+
+def _hidream_composition_without_its_tokenizer(models: Path) -> None:
+    """`CompactHiDreamClipModel` loaded with the compact file, fed T5 tokens padded to 128 as HiDream's tokenizer."""
+    import comfy.text_encoders.sd3_clip
+
+    from comfyui_nodes.loader import load_compact_file
+    from comfyui_nodes.model import CompactHiDreamClipModel
+    from t5_compact import T5CompactEncoder
+
+    path = models / "compact_fp32.safetensors"
+    compact = load_compact_file(path, expected_width=4096)
+    model = CompactHiDreamClipModel(compact.config, dtype_t5="fp32", force_dtype_t5=True, dtype=torch.float32)
+    model.load_sd(compact.state_dict)
+    tokenizer = comfy.text_encoders.sd3_clip.T5XXLTokenizer(min_length=128, max_length=128)
+    tokens = tokenizer.tokenize_with_weights(PROMPT)
+    t5_out, pooled, extra = model.encode_token_weights({"l": [], "g": [], "t5xxl": [tokens[0]], "llama": []})
+    ids = torch.tensor([[t for t, _ in tokens[0]]])
+    assert t5_out.shape == (1, 128, 4096) and pooled.shape == (1, 768 + 1280)
+    with torch.no_grad():
+        reference = T5CompactEncoder.from_pretrained(path)(ids, attention_mask=(ids != 0).long()).last_hidden_state
+    torch.testing.assert_close(t5_out, reference, atol=1e-5, rtol=1e-4)

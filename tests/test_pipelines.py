@@ -183,5 +183,6 @@ def test_load_pipeline_from_paths(tiny_flux_dir, tiny_sd3_dir, tiny_encoder_dir)
 def test_detect_family():
     assert detect_family(FluxPipeline) == "flux" and detect_family("FluxImg2ImgPipeline") == "flux"
     assert detect_family("StableDiffusion3Pipeline") == "sd3" and detect_family(StableDiffusion3Pipeline) == "sd3"
-    with pytest.raises(ValueError, match="StableDiffusionXLPipeline: not a FLUX or Stable Diffusion 3 pipeline"):
+    assert detect_family("ChromaPipeline") == "chroma" and detect_family("LTXPipeline") == "ltx"
+    with pytest.raises(ValueError, match="StableDiffusionXLPipeline: not a FLUX, Stable Diffusion 3, Chroma or LTX"):
         detect_family("StableDiffusionXLPipeline")

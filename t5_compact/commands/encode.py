@@ -1,4 +1,4 @@
-"""`t5-compact encode`: prompt embeddings from a compact encoder, tokenized the way FLUX / SD3 pipelines do."""
+"""`t5-compact encode`: prompt embeddings from a compact encoder, tokenized the way a T5 pipeline does."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from . import DTYPES, check_output_file, check_positive, run_reporting_errors
 
 HELP = "Encode prompts with a compact encoder; print shapes and statistics, optionally save them."
 
-# The pipelines' default `max_sequence_length` when none is given.
-DEFAULT_MAX_LENGTH = {"flux": 512, "sd3": 256, None: 512}
-TOKENIZER_SLOTS = {"flux": "tokenizer_2", "sd3": "tokenizer_3"}
+# `max_sequence_length` without --max-length and without a pipeline (FluxPipeline's default).
+DEFAULT_MAX_LENGTH = 512
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--tokenizer", help="T5 tokenizer folder or hub id (e.g. google/t5-v1_1-xxl); the paper's release has none"
     )
-    src.add_argument("--pipeline", help="a FLUX/SD3 pipeline folder or hub id whose T5 tokenizer to use")
+    src.add_argument(
+        "--pipeline", help="a diffusers pipeline folder or hub id with a T5 slot (FLUX, SD3, Chroma, ...) whose T5 "
+        "tokenizer and attention mask to use"
+    )  # fmt: skip
     parser.add_argument(
         "--max-length", type=int, default=None, help="tokens per prompt (default: the pipeline's, FLUX 512, SD3 256)"
     )
@@ -31,18 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_tokenizer(tokenizer: str | None, pipeline: str | None, encoder: str):
-    """The T5 tokenizer: `--tokenizer`, the pipeline's `tokenizer_2`/`tokenizer_3`, or the encoder folder's."""
+    """`(tokenizer, slot)`: `--tokenizer`, the tokenizer paired with the pipeline's T5 slot (`tokenizer_2` for
+    FLUX, `tokenizer_3` for SD3, `tokenizer` for Chroma / PixArt / LTX ...), or the encoder folder's; `slot` is the
+    pipeline's `T5Slot` (None without `--pipeline`)."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
-    from ..pipelines import pipeline_family
+    from ..pipeline_slots import check_kind
+    from ..pipelines import pipeline_t5_slot
 
     if tokenizer:
         return AutoTokenizer.from_pretrained(tokenizer), None
     if pipeline:
-        family = pipeline_family(pipeline)
-        return AutoTokenizer.from_pretrained(pipeline, subfolder=TOKENIZER_SLOTS[family]), family
+        slot = pipeline_t5_slot(pipeline)
+        check_kind(slot)
+        return AutoTokenizer.from_pretrained(pipeline, subfolder=slot.tokenizer), slot
     if (Path(encoder) / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(encoder), None
     from ..errors import UsageError
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    """Tokenize (padded to max length, no attention mask: as the pipelines), encode, report, optionally save."""
+    """Tokenize (padded to max length) and encode as the pipeline does: with the T5 attention mask for pipelines that
+    pass one to their encoder (Chroma, PixArt, HiDream), without for the others (FLUX, SD3, LTX, CogVideoX, ...)."""
     import json
 
     import torch
@@ -70,6 +77,7 @@ def _encode(args: argparse.Namespace) -> int:
     from ..devices import check_device
     from ..errors import UsageError
     from ..modeling_t5_compact import T5CompactEncoder
+    from ..pipeline_slots import default_max_sequence_length, passes_t5_mask
 
     check_positive(args, "max_length")
     check_device(args.device)
@@ -77,19 +85,22 @@ def _encode(args: argparse.Namespace) -> int:
         check_output_file(args.out, (".safetensors",), "--out")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = T5CompactEncoder.from_pretrained(args.encoder, torch_dtype=args.dtype, device=device)
-    tokenizer, family = load_tokenizer(args.tokenizer, args.pipeline, args.encoder)
-    max_length = args.max_length or DEFAULT_MAX_LENGTH[family]
+    tokenizer, slot = load_tokenizer(args.tokenizer, args.pipeline, args.encoder)
+    pipeline_default = default_max_sequence_length(slot.pipeline) if slot else None
+    max_length = args.max_length or pipeline_default or DEFAULT_MAX_LENGTH
     batch = tokenizer(args.prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     ids = batch.input_ids
+    masked = slot is not None and passes_t5_mask(slot.pipeline)
     if int(ids.max()) >= encoder.config.vocab_size:
         raise UsageError(
             f"the tokenizer produced id {int(ids.max())} but {args.encoder} has vocab_size "
             f"{encoder.config.vocab_size}; use the T5 tokenizer the encoder was trained with"
         )
+    mask = batch.attention_mask.to(encoder.device) if masked else None
     with torch.inference_mode():
-        embeds = encoder(ids.to(encoder.device), output_hidden_states=False)[0]
+        embeds = encoder(ids.to(encoder.device), attention_mask=mask, output_hidden_states=False)[0]
     print(f"encoder: {args.encoder} ({format_count(encoder.num_parameters())} params, {encoder.dtype}, {device})")
-    print(f"prompt_embeds: {tuple(embeds.shape)} {embeds.dtype}")
+    print(f"prompt_embeds: {tuple(embeds.shape)} {embeds.dtype}" + (" (T5 attention mask applied)" if masked else ""))
     stats = embeds.float()
     for i, prompt in enumerate(args.prompts):
         e = stats[i]
@@ -100,6 +111,7 @@ def _encode(args: argparse.Namespace) -> int:
         )
     if args.out:
         tensors = {"prompt_embeds": embeds.detach().cpu().contiguous(), "input_ids": ids.contiguous()}
+        tensors["attention_mask"] = batch.attention_mask.contiguous()
         metadata = {"prompts": json.dumps(args.prompts), "encoder": str(args.encoder), "max_length": str(max_length)}
         try:
             save_file(tensors, args.out, metadata=metadata)

@@ -1,4 +1,5 @@
-"""`t5-compact generate`: an image from a stock FLUX / SD3 pipeline with a compact encoder in its T5 slot."""
+"""`t5-compact generate`: images (or GIF videos) from a stock diffusers pipeline with a compact encoder in its T5
+slot: FLUX, SD3, Chroma, PixArt, HiDream, LTX-Video, CogVideoX, ..."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ import argparse
 
 from . import DTYPES, check_output_file, check_positive, run_reporting_errors
 
-HELP = "Generate images with a FLUX or SD3 pipeline whose T5-XXL is replaced by a compact encoder."
+HELP = "Generate images or videos with a diffusers pipeline whose T5-XXL is replaced by a compact encoder."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `t5-compact generate`."""
     parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="one or more prompts (one image each)")
-    parser.add_argument("--pipeline", required=True, help="FLUX/SD3 pipeline folder or hub id (the base model)")
+    parser.add_argument(
+        "--pipeline", required=True, help="pipeline folder or hub id with a T5 slot (FLUX, SD3, Chroma, LTX, ...)"
+    )
     parser.add_argument("--encoder", required=True, help="compact encoder: folder, .safetensors file or hub id")
     parser.add_argument(
-        "-o", "--output", default="out.png", help="image file; with several prompts, numbered: out-0.png, ..."
+        "-o", "--output", default="out.png", help="image file (a video pipeline writes .gif); numbered per prompt"
     )
+    parser.add_argument("--frames", type=int, default=None, help="video frames (video pipelines; default theirs)")
     parser.add_argument("--steps", type=int, default=None, help="inference steps (default: the pipeline's)")
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
@@ -81,17 +85,25 @@ def _generate(args: argparse.Namespace) -> int:
         "width": args.width,
         "guidance_scale": args.guidance,
         "max_sequence_length": args.max_sequence_length,
+        "num_frames": args.frames,
     }
     call = {k: v for k, v in call.items() if v is not None}
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    images = pipe(prompt=list(args.prompts), generator=generator, **call).images
+    output = pipe(prompt=list(args.prompts), generator=generator, **call)
     done = time.perf_counter()
-    for path, image in zip(output_paths(args.output, len(images)), images, strict=True):
+    videos = getattr(output, "frames", None)
+    results = output.images if videos is None else videos
+    paths = output_paths(args.output if videos is None else str(Path(args.output).with_suffix(".gif")), len(results))
+    for path, result in zip(paths, results, strict=True):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        print(f"wrote {path} ({image.width}x{image.height})")
+        if videos is None:
+            result.save(path)
+            print(f"wrote {path} ({result.width}x{result.height})")
+        else:
+            result[0].save(path, save_all=True, append_images=result[1:], duration=100, loop=0)
+            print(f"wrote {path} ({len(result)} frames, {result[0].width}x{result[0].height})")
     print(
-        f"{type(pipe).__name__} on {device} in {pipe.transformer.dtype}: load {loaded - start:.1f} s, "
+        f"{type(pipe).__name__} on {device} in {pipe.dtype}: load {loaded - start:.1f} s, "
         f"generate {done - loaded:.1f} s"
     )
     return 0

@@ -2,15 +2,17 @@
 
 Stable API (keep these signatures):
 
-    adapter = adapter_from_pipeline(pipe)                       # FluxPipeline / StableDiffusion3Pipeline
-    adapter = make_adapter(family, transformer, scheduler, vae_scale_factor=8)
-        .family ("flux" | "sd3"), .text_width, .uses_guidance_embedding, .device, .dtype
+    adapter = adapter_from_pipeline(pipe)                       # Flux / StableDiffusion3 / Chroma / LTX pipelines
+    adapter = make_adapter(family, transformer, scheduler, vae_scale_factor=8, **options)
+        .family ("flux" | "sd3" | "chroma" | "ltx"), .text_width, .uses_guidance_embedding, .device, .dtype
+        class attributes: .uses_cfg, .clip_slots, .clip_hidden, .text_mask, .encoder_mask, .t5_slot, .needs_clip()
+        .encode_t5(model, ids) -> the T5 part as the pipeline encodes it (with the token mask for Chroma)
         .prepare_latents(batch_size, height, width, generator=None, device=None) -> float32 noise, as the pipeline
         .new_scheduler(); .set_timesteps(scheduler, num_steps, height, width, device=None) -> timesteps (with shift)
         .velocity(latents, t, cond: TextEmbeds, guidance=None, *, height, width) -> float32 velocity
         .step(scheduler, velocity, t, latents) -> next latents (scheduler.step, float32)
 
-    TextEmbeds(t5, clip=None, pooled=None)                      # conditioning; SD3 clip = CLIP-L/G hidden concat
+    TextEmbeds(t5, clip=None, pooled=None, mask=None)           # SD3 clip = CLIP-L/G hidden; mask: Chroma / LTX
     encoder = PromptEncoder.from_pipeline(pipe, max_sequence_length=77, with_clip=True)
         .tokenize(prompts) -> T5 ids; .encode_clip(prompts) -> (clip, pooled); .encode(prompts, t5) -> TextEmbeds
 
@@ -26,19 +28,26 @@ Stable API (keep these signatures):
                         batch_size=4, zero_pooled=True, negative=None) -> {category: mean L_vision}
 
 `heldout_vision_loss` is the held-out metric training logs (`heldout/L_vision/<category>`) and eval reports.
-Guidance: FLUX-dev's guidance embedding value; ignored by schnell-style FLUX; for SD3 the classifier-free scale,
-applied only when `negative` (the teacher's encoding of "") is given.
+Guidance: FLUX-dev's guidance embedding value; ignored by schnell-style FLUX; for SD3, Chroma and LTX the
+classifier-free scale, applied only when `negative` (the teacher's encoding of "") is given.
+
+Families live in `distill.families` (one file each, plus a `register` line); see `families/__init__.py`.
 """
 
-from .adapters import (
+from .embeds import PromptEncoder, TextEmbeds, t5_token_mask
+from .families import (
+    FAMILIES,
+    ChromaAdapter,
     FamilyAdapter,
     FluxAdapter,
+    LTXAdapter,
     SD3Adapter,
     adapter_from_pipeline,
+    family_class,
     make_adapter,
+    register,
     vae_scale_factor_from_config,
 )
-from .embeds import PromptEncoder, TextEmbeds
 from .trajectory import (
     HeldoutSet,
     TeacherStep,
@@ -52,8 +61,11 @@ from .trajectory import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "ChromaAdapter",
     "FamilyAdapter",
     "FluxAdapter",
+    "LTXAdapter",
     "HeldoutSet",
     "PromptEncoder",
     "SD3Adapter",
@@ -61,11 +73,14 @@ __all__ = [
     "TextEmbeds",
     "adapter_from_pipeline",
     "build_heldout",
+    "family_class",
     "follow_teacher",
     "heldout_latents",
     "heldout_vision_loss",
     "make_adapter",
+    "register",
     "sample",
+    "t5_token_mask",
     "trajectory_vision_losses",
     "vae_scale_factor_from_config",
     "vision_loss",

@@ -8,6 +8,13 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+T5_PAD_ID = 0  # every T5 tokenizer pads with id 0
+
+
+def t5_token_mask(ids: torch.Tensor) -> torch.Tensor:
+    """The tokenizer's attention mask of padded T5 ids (`1` for tokens and `</s>`, `0` for padding)."""
+    return (ids != T5_PAD_ID).long()
+
 
 @dataclass
 class TextEmbeds:
@@ -16,11 +23,13 @@ class TextEmbeds:
     `t5`: `[B, L, W]` the T5 part (teacher T5-XXL or the student). `clip`: SD3 only, `[B, 77, 768+1280]` the
     CLIP-L/G penultimate hidden states concatenated on the last axis (as `StableDiffusion3Pipeline.encode_prompt`).
     `pooled`: FLUX `[B, 768]` CLIP-L pooled output; SD3 `[B, 2048]` CLIP-L/G pooled projections; None when unused.
+    `mask`: `[B, L]` the T5 token mask, for families whose transformer masks the text (Chroma, LTX); else None.
     """
 
     t5: torch.Tensor
     clip: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.t5.shape[0]
@@ -33,11 +42,20 @@ class TextEmbeds:
         return self.map(lambda v: v[index])
 
     def to(self, *args, **kwargs) -> TextEmbeds:
-        return self.map(lambda v: v.to(*args, **kwargs))
+        """Moved / cast like `Tensor.to`; the mask only moves (it stays an integer tensor)."""
+        moved = self.map(lambda v: v.to(*args, **kwargs))
+        if self.mask is not None:
+            device = next((a for a in (*args, kwargs.get("device")) if isinstance(a, str | torch.device)), None)
+            moved.mask = self.mask if device is None else self.mask.to(device)
+        return moved
 
     def with_t5(self, t5: torch.Tensor) -> TextEmbeds:
-        """The same CLIP parts with another T5 part (e.g. the student's embeddings)."""
-        return TextEmbeds(t5=t5, clip=self.clip, pooled=self.pooled)
+        """The same CLIP parts and mask with another T5 part (e.g. the student's embeddings: same token ids)."""
+        return TextEmbeds(t5=t5, clip=self.clip, pooled=self.pooled, mask=self.mask)
+
+    def without_pooled(self) -> TextEmbeds:
+        """The same conditioning with the pooled CLIP vector dropped (`zero_pooled`)."""
+        return TextEmbeds(t5=self.t5, clip=self.clip, pooled=None, mask=self.mask)
 
     @staticmethod
     def cat(items: Sequence[TextEmbeds]) -> TextEmbeds:
@@ -53,7 +71,8 @@ class PromptEncoder:
     """Tokenizes prompts for the T5 slot and computes the CLIP parts exactly like the family's diffusers pipeline.
 
     `clip_encoders` / `clip_tokenizers`: FLUX `[CLIPTextModel]` (pooled output only), SD3 `[CLIP-L, CLIP-G]`
-    (`CLIPTextModelWithProjection`); empty when CLIP is not needed (FLUX with the pooled vector zeroed).
+    (`CLIPTextModelWithProjection`); empty when CLIP is not needed (FLUX with the pooled vector zeroed; Chroma and
+    LTX have none). What the family needs comes from its adapter class (`distill.families`).
     """
 
     def __init__(
@@ -64,8 +83,9 @@ class PromptEncoder:
         clip_encoders: Sequence[nn.Module] = (),
         max_sequence_length: int = 77,
     ):
-        if family not in ("flux", "sd3"):
-            raise ValueError(f"unknown family {family!r}; expected 'flux' or 'sd3'")
+        from .families import family_class
+
+        self.spec = family_class(family)
         self.family = family
         self.t5_tokenizer = t5_tokenizer
         self.clip_tokenizers = list(clip_tokenizers)
@@ -74,19 +94,17 @@ class PromptEncoder:
 
     @classmethod
     def from_pipeline(cls, pipe, max_sequence_length: int = 77, with_clip: bool = True) -> PromptEncoder:
-        """Take tokenizers (and, if `with_clip`, CLIP encoders) from a loaded FLUX / SD3 pipeline."""
+        """Take tokenizers (and, if `with_clip`, CLIP encoders) from a loaded pipeline of a registered family."""
         from ..pipelines import detect_family
+        from .families import family_class
 
         family = detect_family(pipe)
-        if family == "flux":
-            tok, names, encs = pipe.tokenizer_2, ["tokenizer"], ["text_encoder"]
-        else:
-            tok, names, encs = pipe.tokenizer_3, ["tokenizer", "tokenizer_2"], ["text_encoder", "text_encoder_2"]
-        if not with_clip:
-            names, encs = [], []
+        spec = family_class(family)
+        pairs = spec.clip_slots if with_clip else ()
+        names, encs = [t for _, t in pairs], [e for e, _ in pairs]
         return cls(
             family,
-            tok,
+            getattr(pipe, spec.t5_tokenizer),
             [getattr(pipe, n) for n in names],
             [getattr(pipe, e) for e in encs],
             max_sequence_length=max_sequence_length,
@@ -123,8 +141,8 @@ class PromptEncoder:
                 return_tensors="pt",
             ).input_ids
             enc_device = device if device is not None else next(encoder.parameters()).device
-            out = encoder(ids.to(enc_device), output_hidden_states=self.family == "sd3")
-            if self.family == "flux":
+            out = encoder(ids.to(enc_device), output_hidden_states=self.spec.clip_hidden)
+            if not self.spec.clip_hidden:
                 pooled.append(out.pooler_output.to(encoder.dtype))
             else:
                 pooled.append(out[0])
@@ -134,8 +152,11 @@ class PromptEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], t5_encoder: nn.Module) -> TextEmbeds:
-        """Full conditioning with `t5_encoder` (teacher or student) in the T5 slot, without gradients."""
+        """Full conditioning with `t5_encoder` (teacher or student) in the T5 slot, without gradients; with the T5
+        token mask when the family's transformer takes it (also given to the encoder when its pipeline does)."""
         device = next(t5_encoder.parameters()).device
-        t5 = t5_encoder(self.tokenize(prompts).to(device))[0]
+        ids = self.tokenize(prompts).to(device)
+        mask = t5_token_mask(ids)
+        t5 = t5_encoder(ids, attention_mask=mask if self.spec.encoder_mask else None)[0]
         clip, pooled = self.encode_clip(prompts)
-        return TextEmbeds(t5=t5, clip=clip, pooled=pooled)
+        return TextEmbeds(t5=t5, clip=clip, pooled=pooled, mask=mask if self.spec.text_mask else None)

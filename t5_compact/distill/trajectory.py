@@ -45,13 +45,14 @@ def follow_teacher(
 
     The generator returns the final latents (`StopIteration.value`; see `sample`).
     After each yield the state advances with the teacher's velocity: `x_{t-1} = scheduler.step(v_T, t, x_t)`.
-    For SD3 with `negative` (the teacher's encoding of "") and `guidance > 1`, the advance uses classifier-free
-    guidance `v_u + g (v_c - v_u)` as `StableDiffusion3Pipeline` does; the yielded target stays the conditional `v_c`.
+    For CFG families (`adapter.uses_cfg`: SD3, Chroma, LTX) with `negative` (the teacher's encoding of "") and
+    `guidance > 1`, the advance uses classifier-free guidance `v_u + g (v_c - v_u)` as their pipelines do; the
+    yielded target stays the conditional `v_c`.
     """
     scheduler = adapter.new_scheduler()
     timesteps = adapter.set_timesteps(scheduler, num_steps, height, width, device=latents.device)
     x = latents.float()
-    use_cfg = adapter.family == "sd3" and negative is not None and guidance is not None
+    use_cfg = adapter.uses_cfg and negative is not None and guidance is not None
     if use_cfg:
         g = _cfg_scale(guidance, x.shape[0], x)
         use_cfg = bool((g > 1).any())
@@ -197,12 +198,12 @@ def heldout_vision_loss(
                 rows = slice(start, start + batch_size)
                 teacher = data.teacher[rows].to(device)
                 if zero_pooled:
-                    teacher = TextEmbeds(teacher.t5, teacher.clip, None)
-                student_t5 = student(data.input_ids[rows].to(device))[0]
+                    teacher = teacher.without_pooled()
+                student_t5 = adapter.encode_t5(student, data.input_ids[rows].to(device))
                 neg = None
                 if negative is not None:
                     neg = TextEmbeds.cat([negative.to(device)] * teacher.t5.shape[0])
-                    neg = TextEmbeds(neg.t5, neg.clip, None if zero_pooled else neg.pooled)
+                    neg = neg.without_pooled() if zero_pooled else neg
                 losses = trajectory_vision_losses(
                     adapter,
                     teacher,

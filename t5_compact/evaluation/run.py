@@ -127,7 +127,7 @@ def load_teacher(source: str, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_base_pipeline(settings: EvalSettings, dtype: torch.dtype):
-    """The FLUX / SD3 pipeline, with `settings.teacher` in its T5 slot when given."""
+    """The pipeline (FLUX / SD3 / Chroma / LTX), with `settings.teacher` in its T5 slot when given."""
     from diffusers import DiffusionPipeline
 
     family = pipeline_family(settings.pipeline)
@@ -145,14 +145,16 @@ def check_student_widths(settings: EvalSettings) -> None:
     (read from config and safetensors headers only)."""
     from ..errors import WidthMismatchError
     from ..loading import build_config, read_checkpoint, resolve_source
+    from ..pipeline_slots import text_width
 
-    width = read_pipeline_config(settings.pipeline, "transformer/config.json")["joint_attention_dim"]
+    where = f"{settings.pipeline}/transformer"
+    width, key = text_width(read_pipeline_config(settings.pipeline, "transformer/config.json"), where)
     for label, source in settings.students:
         config, _ = build_config(read_checkpoint(resolve_source(source)))
         if config.projection_out_dim != width:
             raise WidthMismatchError(
                 f"{source}: student {label!r} outputs width {config.projection_out_dim} but "
-                f"{settings.pipeline}/transformer expects joint_attention_dim={width}; use a student trained for it"
+                f"{where} expects {key}={width}; use a student trained for it"
             )
 
 
@@ -189,7 +191,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
     heldout = build_heldout(categories, encoder, teacher_t5=teacher_t5)
     side = settings.resolution
     size = dict(num_steps=settings.steps, height=side, width=side)
-    use_cfg = family == "sd3" and settings.guidance > 1
+    use_cfg = adapter.uses_cfg and settings.guidance > 1
     teacher_negative = encoder.encode([""], teacher_t5) if use_cfg else None
     if device.type == "cuda":  # the teacher's embeddings are computed; free its (T5-XXL: ~9.5 GB) GPU memory
         teacher_t5.to("cpu")
@@ -197,7 +199,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
     scorer = ClipScorer(settings.clip_model, device) if settings.clip_model else None
 
     def conditioning(embeds: TextEmbeds) -> TextEmbeds:
-        return TextEmbeds(embeds.t5, embeds.clip, None) if settings.zero_pooled else embeds
+        return embeds.without_pooled() if settings.zero_pooled else embeds
 
     def negatives(negative: TextEmbeds | None, count: int) -> TextEmbeds | None:
         return None if negative is None else conditioning(TextEmbeds.cat([negative] * count)).to(device)
@@ -229,7 +231,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
 
     for label, source in tqdm(settings.students, desc="students", unit="student", **progress):
         student = T5CompactEncoder.from_pretrained(source, torch_dtype=dtype, device=device).eval()
-        check_width(student, adapter.text_width, f"{settings.pipeline}/transformer")
+        check_width(student, adapter.text_width, f"{settings.pipeline}/transformer", adapter.text_width_key)
         l_vision = {c: 0.0 for c in categories}
         for seed in settings.seeds:
             values = heldout_vision_loss(
@@ -252,7 +254,7 @@ def run_eval(settings: EvalSettings) -> EvalResult:
             noise = heldout_latents(adapter, len(prompts), side, side, seed)
             t5 = torch.cat(
                 [
-                    student(heldout[category].input_ids[i : i + settings.batch_size].to(device))[0]
+                    adapter.encode_t5(student, heldout[category].input_ids[i : i + settings.batch_size].to(device))
                     for i in range(0, len(prompts), settings.batch_size)
                 ]
             )

@@ -27,7 +27,7 @@ class TrainConfig:
 
     # models
     pretrained_model: str = (
-        "tiny:flux"  # diffusers FLUX / SD3 folder or hub id; or tiny:flux, tiny:flux-schnell, tiny:sd3
+        "tiny:flux"  # diffusers FLUX / SD3 / Chroma / LTX folder or hub id; or tiny:flux, -schnell, sd3, chroma, ltx
     )
     teacher: str | None = None  # T5 teacher override (default: the pipeline's T5-XXL); not loaded with a cache
     init_from: str | None = None  # pretrained T5 (google/flan-t5-base: the paper) or a compact checkpoint
@@ -80,6 +80,7 @@ class TrainConfig:
     heldout_guidance: float = 3.5
     heldout_num_steps: int | None = None  # default: num_inference_steps
     heldout_resolution: int | None = None  # default: the first stage's resolution
+    num_frames: int = 9  # video families (LTX): frames per training / held-out video (8k+1)
     validation_prompts: list[str] = field(default_factory=list)
     validation_images_steps: int = 0  # every N steps: PNG grid teacher | student (0: off)
     export_comfyui: bool = False
@@ -257,6 +258,8 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError("train_batch_size and num_inference_steps must be positive")
     if len(config.guidance_range) not in (1, 2) or config.guidance_range[0] > config.guidance_range[-1]:
         raise ConfigError(f"guidance_range must be [min, max] with min <= max, got {config.guidance_range}")
+    if config.num_frames < 1 or (config.num_frames - 1) % 8:
+        raise ConfigError(f"num_frames must be 8k+1 (1, 9, 17, ..., as LTX-Video takes), got {config.num_frames}")
     if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
         raise ConfigError("checkpoints_total_limit must be at least 1")
     for name in _POSITIVE:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..distill import build_heldout, heldout_vision_loss
+from ..distill import build_heldout, family_class, heldout_vision_loss
 from ..fileio import atomic_write_text
 from . import interrupt
 from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint, trim_log
@@ -24,13 +24,13 @@ _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def required_prompts(schedule: PromptSchedule, heldout: dict[str, list[str]], config: TrainConfig, family: str):
-    """Every prompt whose teacher embedding the run needs ("" for SD3's negative)."""
+    """Every prompt whose teacher embedding the run needs ("" for the negative of CFG families: SD3, Chroma, LTX)."""
     prompts = schedule.all_prompts() + [p for ps in heldout.values() for p in ps] + list(config.validation_prompts)
-    return list(dict.fromkeys(prompts + ([""] if family == "sd3" else [])))
+    return list(dict.fromkeys(prompts + ([""] if family_class(family).uses_cfg else [])))
 
 
 def needs_clip(family: str, config: TrainConfig) -> bool:
-    return family == "sd3" or not config.zero_pooled
+    return family_class(family).needs_clip(config.zero_pooled)
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -117,7 +117,7 @@ def train(config: TrainConfig) -> Path:
     if accelerator.distributed_type == DistributedType.FSDP:  # shard the frozen transformer too (untested here)
         adapter.transformer = accelerator.prepare_model(adapter.transformer)
     teacher = TeacherSource(parts.prompt_encoder, parts.teacher_t5, cache, zero_pooled=config.zero_pooled)
-    negative = teacher([""], accelerator.device) if family == "sd3" else None
+    negative = teacher([""], accelerator.device) if adapter.uses_cfg else None
     heldout = build_heldout(
         heldout_prompts,
         parts.prompt_encoder,
@@ -196,9 +196,10 @@ def train(config: TrainConfig) -> Path:
         res = eval_resolution
         cond = teacher(config.validation_prompts, accelerator.device)
         with torch.no_grad():
-            student_t5 = accelerator.unwrap_model(student).eval()(
-                parts.prompt_encoder.tokenize(config.validation_prompts).to(accelerator.device)
-            )[0]
+            student_t5 = adapter.encode_t5(
+                accelerator.unwrap_model(student).eval(),
+                parts.prompt_encoder.tokenize(config.validation_prompts).to(accelerator.device),
+            )
         save_validation_grid(
             output_dir / "validation" / f"step-{step:07d}.png",
             adapter,

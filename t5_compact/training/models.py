@@ -11,13 +11,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..distill import FamilyAdapter, PromptEncoder, make_adapter, vae_scale_factor_from_config
+from ..distill import FamilyAdapter, PromptEncoder, family_class, make_adapter
 from ..modeling_t5_compact import T5CompactEncoder
 from .config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-TINY_MODELS = {"tiny:flux": ("flux", True), "tiny:flux-schnell": ("flux", False), "tiny:sd3": ("sd3", None)}
+TINY_MODELS = {
+    "tiny:flux": ("flux", True),
+    "tiny:flux-schnell": ("flux", False),
+    "tiny:sd3": ("sd3", None),
+    "tiny:chroma": ("chroma", None),
+    "tiny:ltx": ("ltx", None),
+}
 # FLUX.1's scheduler settings (resolution-dependent shift); the tiny FLUX models use them too.
 FLUX_SCHEDULER = dict(
     use_dynamic_shifting=True,
@@ -27,13 +33,18 @@ FLUX_SCHEDULER = dict(
     base_shift=0.5,
     max_shift=1.15,
 )
-_SLOTS = {
-    "flux": {"t5": ("text_encoder_2", "tokenizer_2"), "clip": [("text_encoder", "tokenizer")]},
-    "sd3": {
-        "t5": ("text_encoder_3", "tokenizer_3"),
-        "clip": [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")],
-    },
-}
+# The tiny LTX model's scheduler: LTX-Video's own shift settings (sequence length 1024..4096 -> shift 0.95..2.05,
+# terminal sigma 0.1), as in its published scheduler_config.json (not checked against the file here: no hub).
+LTX_SCHEDULER = dict(
+    use_dynamic_shifting=True,
+    shift=1.0,
+    base_image_seq_len=1024,
+    max_image_seq_len=4096,
+    base_shift=0.95,
+    max_shift=2.05,
+    shift_terminal=0.1,
+)
+_TINY_SCHEDULERS = {"flux": FLUX_SCHEDULER, "chroma": FLUX_SCHEDULER, "ltx": LTX_SCHEDULER}
 
 
 @dataclass
@@ -49,7 +60,8 @@ class Components:
 
 
 def pipeline_family(source: str) -> str:
-    """'flux' or 'sd3' for a tiny name or a diffusers folder / hub id (reads model_index.json only)."""
+    """The family ('flux', 'sd3', 'chroma', 'ltx') of a tiny name or a diffusers folder / hub id (reads
+    model_index.json only)."""
     if source in TINY_MODELS:
         return TINY_MODELS[source][0]
     if source.startswith("tiny:"):
@@ -59,18 +71,26 @@ def pipeline_family(source: str) -> str:
     try:
         return pipelines.pipeline_family(source)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"pretrained_model {source!r}: not a usable FLUX / SD3 pipeline ({err})") from err
+        raise ConfigError(
+            f"pretrained_model {source!r}: not a usable FLUX / SD3 / Chroma / LTX pipeline ({err})"
+        ) from err
 
 
 def _tiny_components(source: str) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from ..tiny import tiny_flux_components, tiny_sd3_components
+    from ..tiny_pipelines import tiny_chroma, tiny_ltx
 
     family, guidance = TINY_MODELS[source]
-    parts = tiny_flux_components(guidance_embeds=guidance) if family == "flux" else tiny_sd3_components()
     if family == "flux":
-        parts["scheduler"] = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+        parts = tiny_flux_components(guidance_embeds=guidance)
+    elif family == "sd3":
+        parts = tiny_sd3_components()
+    else:
+        parts = dict((tiny_chroma if family == "chroma" else tiny_ltx)().components)
+    if family in _TINY_SCHEDULERS:
+        parts["scheduler"] = FlowMatchEulerDiscreteScheduler(**_TINY_SCHEDULERS[family])
     return parts
 
 
@@ -87,37 +107,36 @@ def load_components(
     tokenizer, CLIP if `need_clip`, the teacher if `load_teacher`. The VAE only later, for validation images."""
     source = config.pretrained_model
     family = pipeline_family(source)
-    t5_slot, tok_slot = _SLOTS[family]["t5"]
+    spec = family_class(family)
+    t5_slot, tok_slot = spec.t5_slot, spec.t5_tokenizer
     if source in TINY_MODELS:
         parts = _tiny_components(source)
         transformer, scheduler, vae_config = parts["transformer"], parts["scheduler"], dict(parts["vae"].config)
         t5_tokenizer = parts[tok_slot]
-        clips = [(parts[e], parts[t]) for e, t in _SLOTS[family]["clip"]] if need_clip else []
+        clips = [(parts[e], parts[t]) for e, t in spec.clip_slots] if need_clip else []
         teacher = parts[t5_slot] if load_teacher else None
         vae_loader = lambda: parts["vae"]  # noqa: E731
     else:
-        from diffusers import (
-            AutoencoderKL,
-            FlowMatchEulerDiscreteScheduler,
-            FluxTransformer2DModel,
-            SD3Transformer2DModel,
-        )
-        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+        import diffusers
+        import transformers
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        from ..pipelines import read_pipeline_config
 
         kw = {"revision": config.revision} if config.revision else {}
-        cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
+        cls = getattr(diffusers, read_pipeline_config(source, "transformer/config.json")["_class_name"])
+        vae_cls = getattr(diffusers, read_pipeline_config(source, "vae/config.json")["_class_name"])
         transformer = None
         if load_transformer:
             transformer = cls.from_pretrained(source, subfolder="transformer", torch_dtype=weight_dtype, **kw)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler", **kw)
-        from ..pipelines import read_pipeline_config
-
         vae_config = read_pipeline_config(source, "vae/config.json")
         t5_tokenizer = AutoTokenizer.from_pretrained(source, subfolder=tok_slot, **kw)
         clips = []
         if need_clip:
-            clip_cls = CLIPTextModel if family == "flux" else CLIPTextModelWithProjection
-            for enc, tok in _SLOTS[family]["clip"]:
+            clip_cls = getattr(transformers, spec.clip_class)
+            for enc, tok in spec.clip_slots:
                 model = clip_cls.from_pretrained(source, subfolder=enc, torch_dtype=weight_dtype, **kw)
                 clips.append((model, AutoTokenizer.from_pretrained(source, subfolder=tok, **kw)))
         teacher = None
@@ -126,7 +145,7 @@ def load_components(
                 teacher = T5EncoderModel.from_pretrained(config.teacher, torch_dtype=weight_dtype)
             else:
                 teacher = T5EncoderModel.from_pretrained(source, subfolder=t5_slot, torch_dtype=weight_dtype, **kw)
-        vae_loader = lambda: AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)  # noqa: E731
+        vae_loader = lambda: vae_cls.from_pretrained(source, subfolder="vae", **kw)  # noqa: E731
 
     adapter = None
     if load_transformer:
@@ -139,7 +158,8 @@ def load_components(
         if config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.eval()
-        adapter = make_adapter(family, transformer, scheduler, vae_scale_factor_from_config(vae_config))
+        options = spec.vae_options(vae_config) | spec.config_options(config)
+        adapter = make_adapter(family, transformer, scheduler, **options)
     for model, _ in clips:
         model.to(device=device, dtype=weight_dtype).requires_grad_(False).eval()
     if teacher is not None:

@@ -29,7 +29,7 @@ class TeacherSource:
     def __call__(self, prompts: list[str], device: torch.device) -> TextEmbeds:
         if self.cache is not None:
             embeds = self.cache.get(prompts)
-        elif self.zero_pooled and self.encoder.family == "flux":
+        elif self.zero_pooled and self.encoder.spec.clip_slots and not self.encoder.spec.clip_hidden:
             # FLUX takes only CLIP's pooled vector, which is zeroed: running CLIP would compute it to drop it.
             with torch.no_grad():
                 ids = self.encoder.tokenize(prompts).to(next(self.teacher_t5.parameters()).device)
@@ -37,7 +37,7 @@ class TeacherSource:
         else:
             embeds = self.encoder.encode(prompts, self.teacher_t5)
         embeds = embeds.to(device)
-        return TextEmbeds(embeds.t5, embeds.clip, None) if self.zero_pooled else embeds
+        return embeds.without_pooled() if self.zero_pooled else embeds
 
 
 @dataclass
@@ -67,7 +67,7 @@ class StepContext:
     max_grad_norm: float | None = 1.0
     embedding_loss_weight: float = 0.0
     seed: int = 0
-    negative: TextEmbeds | None = None  # SD3: the teacher's encoding of "" (classifier-free guidance)
+    negative: TextEmbeds | None = None  # CFG families (SD3, Chroma, LTX): the teacher's encoding of ""
     timesteps_per_pass: int = 0  # trajectory mode: timesteps scored per student pass (0: all at once)
 
 
@@ -111,7 +111,7 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
     if ctx.optimizer_step == "timestep":
         for point in follow_teacher(adapter, teacher, latents, **kwargs):
             with acc.autocast():
-                student_t5 = ctx.student(ids)[0]
+                student_t5 = adapter.encode_t5(ctx.student, ids)
                 v = adapter.velocity(
                     point.latents, point.t, teacher.with_t5(student_t5), batch.guidance, height=res, width=res
                 )
@@ -127,7 +127,7 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
         # the student at all its points in batched passes (`timesteps_per_pass` timesteps each) at fixed weights.
         points = list(follow_teacher(adapter, teacher, latents, **kwargs))
         with acc.autocast():
-            student_t5 = ctx.student(ids)[0]
+            student_t5 = adapter.encode_t5(ctx.student, ids)
         leaf = student_t5.detach().requires_grad_(True)
         chunk = ctx.timesteps_per_pass or len(points)
         for first in range(0, len(points), chunk):

@@ -1,9 +1,10 @@
 """Teacher cache: the teacher's embeddings (and SD3's CLIP parts) per prompt, in sharded safetensors + an index.
 
 Layout: `<dir>/index.json` (metadata, shard names, prompt key -> [shard, row]) and `<dir>/shard-NNNNN.safetensors`
-holding `t5` `[N, L, W]` and, when present, `clip` and `pooled`. Shards are written to a temporary name and
-renamed, the index is replaced atomically after each shard: an interrupted run resumes where it stopped. Reading
-uses `safe_open` (memory-mapped), so training never holds the whole cache or the teacher in memory.
+holding `t5` `[N, L, W]` and, when present, `clip`, `pooled` and `mask` (the T5 token mask of Chroma / LTX).
+Shards are written to a temporary name and renamed, the index is replaced atomically after each shard: an
+interrupted run resumes where it stopped. Reading uses `safe_open` (memory-mapped), so training never holds the
+whole cache or the teacher in memory.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def write_teacher_cache(
             tensors["clip"] = embeds.clip.contiguous()
         if embeds.pooled is not None:
             tensors["pooled"] = embeds.pooled.contiguous()
+        if embeds.mask is not None:
+            tensors["mask"] = embeds.mask.contiguous()
         tmp = directory / (name + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
         os.replace(tmp, directory / name)
@@ -145,7 +148,7 @@ class TeacherCache:
             handle = self._handle(location[0])
             row = location[1]
             keys = set(handle.keys())
-            parts = {k: handle.get_slice(k)[row : row + 1] for k in ("t5", "clip", "pooled") if k in keys}
+            parts = {k: handle.get_slice(k)[row : row + 1] for k in ("t5", "clip", "pooled", "mask") if k in keys}
             rows.append(TextEmbeds(**parts))
         return TextEmbeds.cat(rows)
 

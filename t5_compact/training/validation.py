@@ -17,15 +17,8 @@ from ..distill import FamilyAdapter, TextEmbeds, heldout_latents, sample
 
 @torch.no_grad()
 def decode_latents(adapter: FamilyAdapter, vae, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
-    """Decode final latents to PIL images as the FLUX / SD3 pipelines do (unpack, unscale, shift, VAE decode)."""
-    if adapter.family == "flux":
-        from diffusers import FluxPipeline
-
-        latents = FluxPipeline._unpack_latents(latents, height, width, adapter.vae_scale_factor)
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    latents = latents / vae.config.scaling_factor + shift
-    vae_param = next(vae.parameters())
-    images = vae.decode(latents.to(vae_param.device, vae_param.dtype), return_dict=False)[0]
+    """Decode final latents to PIL images as the family's pipeline does (`adapter.decode`; video: first frame)."""
+    images = adapter.decode(vae, latents, height, width)
     images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
     return [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
 
