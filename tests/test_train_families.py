@@ -73,9 +73,11 @@ def test_chroma_validation_images_and_cached_teacher_with_mask(tmp_path):
         for run in ("fly", "cached")
     ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
-    from t5_compact.training.validation import image_array
+    from t5_compact.training import validation
 
-    assert image_array(tmp_path / "cached" / "validation" / "step-0000004.png").shape == (2 * 32, 2 * 32, 3)
+    grid = validation.image_array(tmp_path / "cached" / "validation" / "step-0000004.png")
+    # two prompts x (teacher | student), 32 px tiles upscaled to 256 px, with the label column and header
+    assert grid.shape == (validation.HEADER_HEIGHT + 2 * 256, validation.LABEL_WIDTH + 2 * 256, 3)
 
 
 def test_ltx_decode_is_the_pipelines_first_frame():
