@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .memory import _initialise_optimizer
-from .models import RunSpec, build_models
+from .models import RunModels
 from .update import UpdateShape, adapter_for, run_update
 
 
@@ -31,24 +31,25 @@ class MeasuredUpdate:
 
 
 def measure_update(
-    spec: RunSpec,
+    models: RunModels,
     variant: str,
     shape: UpdateShape,
     *,
-    device: str = "cpu",
-    weight_dtype: torch.dtype = torch.float32,
     autocast_dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     vae_scale_factor: int = 8,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> MeasuredUpdate:
-    """Run one warm-up and one measured update of `variant` with randomly initialised models on `device`."""
-    with torch.device(device):
-        models = build_models(spec, weight_dtype)
+    """Run one warm-up and one measured update of `variant` on `models` (real tensors, on their device)."""
     if gradient_checkpointing:
         models.transformer.enable_gradient_checkpointing()
+    elif getattr(models.transformer, "is_gradient_checkpointing", False):
+        models.transformer.disable_gradient_checkpointing()
     adapter = adapter_for(models, vae_scale_factor)
-    optimizer = torch.optim.AdamW(models.student.parameters(), lr=1e-4)
-    _initialise_optimizer(optimizer, models.student)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(models.student.parameters(), lr=1e-4)
+        _initialise_optimizer(optimizer, models.student)
+    device = str(adapter.device)
 
     def update() -> None:
         run_update(models, adapter, variant, shape, optimizer, autocast_dtype=autocast_dtype)

@@ -80,6 +80,8 @@ def run_update(
     if variant not in VARIANTS:
         raise ValueError(f"unknown loop variant {variant!r}; expected one of {VARIANTS}")
     device, dtype = adapter.device, adapter.dtype
+    if dtype.itemsize == 1:  # fp8 storage (layerwise casting): inputs are made in the compute dtype
+        dtype = torch.bfloat16
     size, res = shape.batch, shape.resolution
     ids = torch.zeros(size, shape.seq_len, dtype=torch.long, device=device)
     teacher = _teacher_embeds(models, shape, dtype, device)
