@@ -82,6 +82,10 @@ def to_markdown(results: list[LoopFlops], args: argparse.Namespace) -> str:
             f"{p['teacher_forward'] / 1e12:.2f} | {p['student'] / 1e12:.2f} |"
         )
     lines += ["", "Loops: " + "; ".join(f"`{k}`: {v}" for k, v in LABELS.items()) + "."]
+    lines += [
+        'SD3: the teacher forward is two transformer passes (conditional and "" for classifier-free guidance) and '
+        "the encode includes CLIP-L/G. FLUX: CLIP is not run (its pooled vector is zeroed, as in the paper)."
+    ]
     return "\n".join(lines) + "\n"
 
 

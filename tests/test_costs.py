@@ -73,7 +73,9 @@ def test_memory_estimate_matches_measured_cpu_allocator_peak(checkpointing):
     shape = UpdateShape(batch=2, resolution=128, seq_len=16)
     kw = dict(weight_dtype=torch.float32, gradient_checkpointing=checkpointing)
     estimate = estimate_update_memory(MID, "embedding_cache", shape, autocast_dtype=None, **kw)
-    measured = measure_update(MID, "embedding_cache", shape, **kw)
+    measured = measure_update(
+        build_models(MID, torch.float32), "embedding_cache", shape, gradient_checkpointing=checkpointing
+    )
     assert estimate.transient == pytest.approx(measured.transient_bytes, rel=0.05)
 
 

@@ -16,7 +16,7 @@ def test_gpu_check_shell_script_parses():
 
 def test_gpu_check_tiny_cpu_run_writes_its_report(tmp_path):
     script = runpy.run_path(str(REPO / "benchmarks" / "gpu_check.py"), run_name="gpu_check")
-    assert script["main"](["--device", "cpu", "--tiny", "--out", str(tmp_path)]) == 0
+    assert script["main"](["--device", "cpu", "--tiny", "--skip-estimates", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["device"] == "CPU"
     rows = report["variants"]
@@ -24,7 +24,6 @@ def test_gpu_check_tiny_cpu_run_writes_its_report(tmp_path):
         (v, c) for v in ("reference", "embedding_cache", "trajectory_cache") for c in (False, True)
     }
     assert all(r["transient"] > 0 and r["seconds"] > 0 for r in rows)
-    assert all(r["estimated_transient"] > 0 for r in rows if r["variant"] == "embedding_cache")
     assert report["parity"]["zero"] is True  # student == teacher: L_vision 0 under bf16 autocast (CPU here)
-    assert "estimated_peak" in report["preset"] and ("error" in report["preset"] or report["preset"]["fits"])
+    assert "error" in report["preset"] or report["preset"]["fits"]  # see the report: fp8 storage fails today
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check on CPU")
