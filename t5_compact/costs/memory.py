@@ -10,7 +10,6 @@ layerwise casting cannot run on fake tensors; the bytes come from applying it to
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -25,26 +24,25 @@ GiB = 2**30
 def _mem_tracker_class():
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    class FrozenAwareMemTracker(MemTracker):
-        """`MemTracker` installs a gradient hook on every parameter of every module it sees, which raises for frozen
-        parameters (`requires_grad=False`); install them only where all parameters are trainable."""
+    class PeakMemTracker(MemTracker):
+        """`MemTracker` for its global peak only: the per-module statistics are skipped. They snapshot every live
+        storage at each module call (minutes at FLUX size), refuse a module called twice per iteration (the teacher
+        and the student both call the transformer) and hook gradients on frozen parameters, which raises. The peak
+        is recorded per operator and is unaffected; gradients are then counted with activations."""
 
-        def _track_module_params_and_buffers(self, module: nn.Module, install_grad_hooks: bool = True):
-            trainable = all(p.requires_grad for p in module.parameters())
-            return super()._track_module_params_and_buffers(module, install_grad_hooks and trainable)
+        def _pre_fw_hook(self, module: nn.Module, inputs) -> None:
+            pass
 
-        # Per-module stats are reset between the phases of an update (a module called twice in one iteration is
-        # refused) and a module reused inside one forward (T5's dropout) can lack them in backward: skip those.
-        # The global peak, which is all we read, is recorded per operator and is unaffected.
+        def _post_fw_hook(self, module: nn.Module, inputs, outputs) -> None:
+            pass
+
         def _pre_bw_hook(self, module: nn.Module, args) -> None:
-            if module in self.memory_tracking:
-                super()._pre_bw_hook(module, args)
+            pass
 
         def _post_bw_hook(self, module: nn.Module, args) -> None:
-            if module in self.memory_tracking:
-                super()._post_bw_hook(module, args)
+            pass
 
-    return FrozenAwareMemTracker
+    return PeakMemTracker
 
 
 def param_bytes(module: nn.Module) -> int:
@@ -152,13 +150,8 @@ def estimate_update_memory(
             resident += [models.teacher_t5, *models.clips]
         tracker.track_external(*resident, optimizer)
 
-        @contextlib.contextmanager
-        def phase(name: str):
-            tracker.reset_mod_stats()  # per-module stats only; MemTracker refuses a module called twice otherwise
-            yield
-
         with tracker:
-            run_update(models, adapter, variant, shape, optimizer, autocast_dtype=autocast_dtype, phase=phase)
+            run_update(models, adapter, variant, shape, optimizer, autocast_dtype=autocast_dtype)
         peak = tracker.get_tracker_snapshot("peak")
     by_kind = {str(getattr(k, "value", k)): int(v) for k, v in next(iter(peak.values())).items()}
     traced_transformer = param_bytes(models.transformer)
