@@ -144,12 +144,10 @@ def render(plan: Plan, gpu_memory: int | None = None) -> str:
     for name, size in m.resident.items():
         dtype = stored if name == "transformer" else ("float32 (master)" if name == "student" else compute)
         lines.append(f"    {name:<14}{_gib(size)}  {dtype}")
-    kinds = m.traced
     opt = m.optimizer_state + m.optimizer_adjust
     lines += [
         f"    {'optimizer':<14}{_gib(opt)}  {'8-bit AdamW' if c.use_8bit_adam else 'AdamW fp32 (2 states)'}",
-        f"    {'gradients':<14}{_gib(kinds.get('Gradient', 0))}  student, float32, at the peak",
-        "  activations + temporaries of one update at the peak:",
+        "  activations + temporaries of one update at the peak (incl. the student's float32 gradients):",
         f"    without gradient checkpointing {_gib(plan.memory[False].activations)}",
         f"    with gradient checkpointing    {_gib(plan.memory[True].activations)}",
         f"  estimated peak per device: {_gib(plan.memory[False].peak)} without / "
