@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -103,3 +105,19 @@ def test_parse_memory():
     assert parse_memory("512MiB") == 512 * 2**20
     with pytest.raises(ValueError, match="--gpu-memory"):
         parse_memory("lots")
+
+
+def test_train_plan_loads_nothing_and_says_whether_it_fits(tmp_path, capsys, monkeypatch):
+    from t5_compact.commands.train import main, parse_args
+    from t5_compact.costs import plan as plan_module
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parent.parent / "examples" / "configs" / "tiny-cpu.yaml"
+    made = []
+    monkeypatch.setattr(plan_module, "make_plan", lambda c, _f=plan_module.make_plan: made.append(_f(c)) or made[-1])
+    assert main(parse_args(["--config", str(config), "--plan", "--gpu-memory", "24GB"])) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATED" in out and "FITS in" in out and "FLOPs per optimizer update" in out
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    small = plan_module.render(made[0], parse_memory("1MiB"))
+    assert "DOES NOT FIT" in small and "gradient_checkpointing: true" in small and "teacher_cache" in small
