@@ -121,3 +121,13 @@ def test_train_plan_loads_nothing_and_says_whether_it_fits(tmp_path, capsys, mon
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
     small = plan_module.render(made[0], parse_memory("1MiB"))
     assert "DOES NOT FIT" in small and "gradient_checkpointing: true" in small and "teacher_cache" in small
+
+
+def test_plan_of_an_unknown_model_names_it(capsys):
+    from t5_compact.commands.train import main, parse_args
+
+    config = Path(__file__).resolve().parent.parent / "examples" / "configs" / "tiny-cpu.yaml"
+    args = parse_args(["--config", str(config), "--pretrained_model", "someone/unknown-model", "--plan"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "someone/unknown-model" in err and "geometry unknown without downloading" in err
