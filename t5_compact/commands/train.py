@@ -14,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..training.config import add_config_arguments
 
     add_config_arguments(parser)
+    parser.add_argument(
+        "--plan", action="store_true", help="print estimated memory and FLOPs at real size; load and train nothing"
+    )
+    parser.add_argument("--gpu-memory", help="with --plan: the device memory to fit, e.g. 24GB")
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +34,12 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        if getattr(args, "plan", False):
+            from ..costs.plan import make_plan, parse_memory, render
+
+            limit = parse_memory(args.gpu_memory) if args.gpu_memory else None
+            print(render(make_plan(config), limit))
+            return 0
         from ..training.loop import train
 
         with graceful_stop():
