@@ -62,6 +62,11 @@ def pipeline_family(source: str) -> str:
         raise ConfigError(f"pretrained_model {source!r}: not a usable FLUX / SD3 pipeline ({err})") from err
 
 
+def teacher_name(config: TrainConfig, family: str) -> str:
+    """The id of the teacher T5 a run uses (recorded in caches and `training_info.json`), without loading it."""
+    return config.teacher or f"{config.pretrained_model}:{_SLOTS[family]['t5'][0]}"
+
+
 def _tiny_components(source: str) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -151,7 +156,7 @@ def load_components(
         [m for m, _ in clips],
         max_sequence_length=config.max_sequence_length,
     )
-    return Components(family, adapter, encoder, teacher, config.teacher or f"{source}:{t5_slot}", vae_loader)
+    return Components(family, adapter, encoder, teacher, teacher_name(config, family), vae_loader)
 
 
 def _looks_compact(source: str) -> bool:
