@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--pipeline", help="a FLUX/SD3 pipeline folder or hub id whose T5 tokenizer to use")
     parser.add_argument(
-        "--max-length", type=int, default=None, help="tokens per prompt (default: the pipeline's, FLUX 512, SD3 256)"
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per prompt (default: the student's trained length from its training_info.json, else the "
+        "pipeline's: FLUX 512, SD3 256)",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="encoder dtype (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
@@ -51,6 +55,15 @@ def load_tokenizer(tokenizer: str | None, pipeline: str | None, encoder: str):
     )
 
 
+def report_truncation(tokenizer, prompts: list[str], max_length: int) -> int:
+    """Print one line when some prompts have more than `max_length` tokens (they are cut); returns how many."""
+    lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
+    cut = [n for n in lengths if n > max_length]
+    if cut:
+        print(f"note: {len(cut)} prompt(s) truncated to {max_length} tokens (longest has {max(cut)})")
+    return len(cut)
+
+
 def run(args: argparse.Namespace) -> int:
     """Encode the prompts; exit code 2 with a one-line message for a bad encoder, tokenizer or path."""
     return run_reporting_errors("encode", _encode, args)
@@ -64,13 +77,15 @@ def _encode(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from ..modeling_t5_compact import T5CompactEncoder
+    from ..training.info import trained_length
 
     if args.out and not args.out.endswith(".safetensors"):
         raise SystemExit(f"--out {args.out}: expected a .safetensors file name")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = T5CompactEncoder.from_pretrained(args.encoder, torch_dtype=args.dtype, device=device)
     tokenizer, family = load_tokenizer(args.tokenizer, args.pipeline, args.encoder)
-    max_length = args.max_length or DEFAULT_MAX_LENGTH[family]
+    max_length = args.max_length or trained_length(args.encoder) or DEFAULT_MAX_LENGTH[family]
+    report_truncation(tokenizer, args.prompts, max_length)
     batch = tokenizer(args.prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     ids = batch.input_ids
     if int(ids.max()) >= encoder.config.vocab_size:
