@@ -101,7 +101,8 @@ def test_tiny_preset_file_validates_and_training_beats_the_null_student(tmp_path
     first, last = history[0], history[-1]
     assert first["L_null"] == last["L_null"]  # scored once
     for category in HELDOUT:
-        # measured 0.58 (semantics) and 0.21 (text: one prompt); the untrained student starts at 0.43 / -0.22
+        # seed 0: 0.44 (semantics) and 0.29 (text: one prompt), from 0.30 / -0.22 untrained; seeds 0-3 end at
+        # 0.36-0.46 / 0.11-0.30 (the student's init varies with the seed)
         assert last["fidelity"][category] >= 0.15, last
         assert last["fidelity"][category] > first["fidelity"][category] + 0.1, (first, last)
         assert last["fidelity"][category] == pytest.approx(1 - last["L_vision"][category] / last["L_null"][category])

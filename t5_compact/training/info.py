@@ -18,21 +18,32 @@ INFO_FILE = "training_info.json"
 
 def null_student(output_dir: Path, prompts: Sequence[str], teacher, device, config: TrainConfig) -> NullStudent:
     """The null student of a run: the teacher's mean embedding over (up to `null_student_prompts` of) the training
-    prompts, computed once and saved as `<output_dir>/null_student.safetensors` (a resumed run reads it back)."""
-    from safetensors.torch import load_file, save_file
+    prompts, computed once and saved as `<output_dir>/null_student.safetensors` (a resumed run with the same prompts,
+    teacher and length reads it back)."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     path = Path(output_dir) / NULL_FILE
+    key = json.dumps([teacher_key(config), config.max_sequence_length, config.null_student_prompts, list(prompts)])
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
     if path.is_file():
-        embedding = load_file(str(path))["embedding"]
-        if embedding.shape[0] == config.max_sequence_length:
-            return NullStudent(embedding).to(device)
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("sha1") == digest:
+                return NullStudent(f.get_tensor("embedding")).to(device)
     embedding = mean_embedding(
         prompts, lambda batch: teacher(batch, device).t5, batch_size=16, limit=config.null_student_prompts
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"embedding": embedding.cpu().contiguous()}, str(path))
+    save_file({"embedding": embedding.cpu().contiguous()}, str(path), metadata={"sha1": digest})
     logger.info("null student: teacher's mean embedding over %d training prompts -> %s", len(prompts), path)
     return NullStudent(embedding).to(device)
+
+
+def teacher_key(config: TrainConfig) -> list:
+    """What the teacher's embeddings depend on (for reusing a saved null student)."""
+    return [config.pretrained_model, config.teacher, config.teacher_cache, config.mixed_precision, config.revision]
 
 
 def heldout_record(step: int, values: dict[str, dict[str, float]], null: dict[str, float]) -> dict:
