@@ -185,6 +185,14 @@ def test_init_from_pretrained_t5_is_used(tmp_path):
         dict(pretrained_model="tiny:sd3", heldout_guidance=4.0, guidance_range=[3.0, 5.0]),
         dict(pretrained_model="tiny:flux-schnell", optimizer_step="trajectory", embedding_loss_weight=0.1),
         dict(
+            pretrained_model="tiny:sd3",
+            optimizer_step="trajectory",
+            timesteps_per_pass=0,
+            uncond_loss="guided",
+            guidance_range=[3.0, 5.0],
+            stages=[{"steps": 3, "sources": [{"prompts": SEMANTICS}]}],
+        ),
+        dict(
             mixed_precision="bf16",
             zero_pooled=False,
             train_batch_size=2,
@@ -192,13 +200,15 @@ def test_init_from_pretrained_t5_is_used(tmp_path):
             validation_images_steps=8,
         ),
     ],
-    ids=["sd3-cfg", "schnell-trajectory-aux", "bf16-pooled-images"],
+    ids=["sd3-cfg", "schnell-trajectory-aux", "sd3-trajectory-guided", "bf16-pooled-images"],
 )
 def test_families_and_options_train(tmp_path, overrides):
     folder = run(tmp_path, **overrides)
     history = heldout_history(tmp_path)
     assert all(math.isfinite(v) and v > 0 for h in history for v in h["L_vision"].values())
     assert history[-1]["L_vision"] != history[0]["L_vision"]
+    if overrides.get("pretrained_model") == "tiny:sd3":
+        assert history[-1]["L_vision_uncond"] != history[0]["L_vision_uncond"]
     student = T5CompactEncoder.from_pretrained(folder)
     assert next(student.parameters()).dtype == torch.float32  # fp32 master weights even under bf16 autocast
     if "validation_prompts" in overrides:

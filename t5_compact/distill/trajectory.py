@@ -32,7 +32,8 @@ def uses_cfg(adapter: FamilyAdapter) -> bool:
     return bool(flag) if flag is not None else adapter.family == "sd3"
 
 
-def _cfg_scale(guidance, batch: int, like: torch.Tensor) -> torch.Tensor:
+def cfg_scale(guidance, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """The classifier-free guidance scale as `[B, 1, ...]` broadcastable against `like`."""
     g = torch.as_tensor(guidance, dtype=torch.float32, device=like.device).reshape(-1)
     g = g.expand(batch) if g.numel() == 1 else g
     return g.reshape(batch, *([1] * (like.dim() - 1)))
@@ -66,7 +67,7 @@ def follow_teacher(
     x = latents.float()
     use_cfg = uses_cfg(adapter) and negative is not None and guidance is not None
     if use_cfg:
-        g = _cfg_scale(guidance, x.shape[0], x)
+        g = cfg_scale(guidance, x.shape[0], x)
         use_cfg = bool((g > 1).any())
     for i, t in enumerate(timesteps):
         v = adapter.velocity(x, t, teacher, guidance, height=height, width=width)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..distill import FamilyAdapter, PromptEncoder, TextEmbeds, follow_teacher, vision_loss
-from ..distill.trajectory import _cfg_scale
+from ..distill.trajectory import cfg_scale
 from .data import Batch, step_generator, step_seed
 from .teacher_cache import TeacherCache
 
@@ -113,7 +113,7 @@ def _branch_losses(
     if v_u is None:
         return losses, losses.mean()
     if ctx.uncond_loss == "guided":
-        g = _cfg_scale(guidance, size, v_c)
+        g = cfg_scale(guidance, size, v_c)
         g = torch.where(g > 1, g, torch.ones_like(g))  # no guidance at g <= 1, as in follow_teacher
         guided = vision_loss(v_u + g * (v_c - v_u), target_u + g * (target_c - target_u))
         return losses, guided.mean()
