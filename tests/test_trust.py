@@ -169,3 +169,17 @@ def test_teacher_cache_of_another_dtype_is_refused(tmp_path):
     message = str(err.value)
     assert str(cache) in message and "dtype" in message and "\n" not in message
     assert not Path(tmp_path / "run" / "student").exists()
+
+
+def test_generate_defaults_to_the_trained_length(tmp_path, tiny_flux_dir, capsys):
+    """`generate` without `--max-sequence-length` runs at the student's recorded length and says once what it cut."""
+    from t5_compact.cli import main
+
+    tiny_compact_encoder().save_pretrained(tmp_path / "student")
+    (tmp_path / "student" / "training_info.json").write_text(json.dumps({"max_sequence_length": 6}))
+    prompts = ["two red cats and three blue dogs next to a tree", "a white panda above two cups on a book"]
+    args = ["generate", "--pipeline", str(tiny_flux_dir), "--encoder", str(tmp_path / "student"), *prompts]
+    assert main([*args, "-o", str(tmp_path / "o.png"), "--steps", "1", "--height", "16", "--width", "16"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: 2 prompt(s) truncated to 6 tokens") == 1
+    assert (tmp_path / "o-0.png").exists() and (tmp_path / "o-1.png").exists()
