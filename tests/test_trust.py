@@ -183,3 +183,15 @@ def test_generate_defaults_to_the_trained_length(tmp_path, tiny_flux_dir, capsys
     out = capsys.readouterr().out
     assert out.count("note: 2 prompt(s) truncated to 6 tokens") == 1
     assert (tmp_path / "o-0.png").exists() and (tmp_path / "o-1.png").exists()
+
+
+def test_uses_cfg_asks_the_adapter_first():
+    """Families decide classifier-free guidance through their adapter; SD3 / FLUX fall back on the family name."""
+    from t5_compact.distill import uses_cfg
+
+    _, flux, _, _ = _tiny("flux")
+    assert uses_cfg(flux) is False
+    flux.uses_cfg = lambda: True  # e.g. a CFG family whose adapter says so
+    assert uses_cfg(flux) is True
+    _, sd3, _, _ = _tiny("sd3")
+    assert uses_cfg(sd3) is True

@@ -27,8 +27,11 @@ class TeacherStep:
 
 def uses_cfg(adapter: FamilyAdapter) -> bool:
     """True when the family samples with classifier-free guidance (a negative / "" prompt encoded by the same
-    text encoders): asks the adapter (`uses_cfg`) when it says, else SD3 does and FLUX does not."""
+    text encoders): asks the adapter (a `uses_cfg` attribute, property or method) when it has one, else SD3 does and
+    FLUX does not."""
     flag = getattr(adapter, "uses_cfg", None)
+    if callable(flag):
+        flag = flag()
     return bool(flag) if flag is not None else adapter.family == "sd3"
 
 
