@@ -89,7 +89,9 @@ def test_sd3_trajectory_matches_pipeline_latents(dynamic_shift, guidance):
         generator=torch.Generator().manual_seed(5),
         output_type="latent",
     ).images
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
+    # The pipeline runs [uncond, cond] as one batch of 2B, we run two passes of B: fp32 rounding differs, and CFG
+    # (x5) amplifies it in proportion to the values (measured 2.8e-5 absolute, 1.7e-5 relative, at |x| ~ 1.6).
+    torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=2e-5)
 
 
 def test_sd3_joint_embeds_match_encode_prompt():

@@ -94,7 +94,7 @@ def test_eval_flux_end_to_end(tmp_path, tiny_flux_dir, students, prompts_dir, cl
     # A student whose embeddings equal the teacher's follows the teacher exactly.
     same = by_label["same"]["summary"]
     for category in ("color", "spatial", "all"):
-        assert same[category]["l_vision"] == 0.0
+        assert same[category]["l_vision"] == 0.0 and same[category]["fidelity"] == 1.0
         assert same[category]["latent_mse"] == 0.0
         assert same[category]["psnr"] == "inf" and same[category]["ssim"] == 1.0
     # Random students do not, and every number is finite.
@@ -105,6 +105,10 @@ def test_eval_flux_end_to_end(tmp_path, tiny_flux_dir, students, prompts_dir, cl
             assert 0 < row["l_vision"] < math.inf and 0 < row["latent_mse"] < math.inf
             assert math.isfinite(row["psnr"]) and -1 <= row["ssim"] < 1
             assert 0 <= row["clip"] <= 100
+            null = data["null_student"]["l_vision"].get(category)
+            if category != "all":
+                assert row["fidelity"] == pytest.approx(1 - row["l_vision"] / null)
+            assert row["l_vision_uncond"] is None  # FLUX: no negative-prompt branch
         assert len(by_label[label]["per_prompt"]) == 5
     assert by_label["big"]["params"] > by_label["small"]["params"]
     assert set(data["teacher_clip"]) == {"color", "spatial", "all"}
@@ -112,7 +116,8 @@ def test_eval_flux_end_to_end(tmp_path, tiny_flux_dir, students, prompts_dir, cl
     assert data["teacher_clip"]["all"] == pytest.approx(same["all"]["clip"])
 
     md = (out / "eval.md").read_text()
-    assert "| color |" in md and "| all |" in md and "heldout_vision_loss" in md and "grids/color.png" in md
+    assert "| color |" in md and "| all |" in md and "heldout_branch_losses" in md and "grids/color.png" in md
+    assert "| Category | null student | same | small | big |" in md and "Prompt-specific fidelity" in md
 
     # L_vision is the shared distill function's number, called directly here with the same settings.
     from diffusers import FluxPipeline
@@ -161,6 +166,9 @@ def test_eval_sd3_with_classifier_free_guidance(tmp_path, tiny_sd3_dir, students
     tmp_path = tmp_path / "out"
     assert data["meta"]["family"] == "sd3" and data["meta"]["classifier_free_guidance"] is True
     same, small = (s["summary"]["all"] for s in data["students"])
+    # guided sampling with the student's own prompt and "" embeddings: identical for the identical student
     assert same["l_vision"] == 0.0 and same["latent_mse"] == 0.0 and same["psnr"] == "inf"
+    assert same["l_vision_uncond"] == 0.0 and same["fidelity"] == 1.0
     assert 0 < small["l_vision"] < math.inf and math.isfinite(small["psnr"])
+    assert 0 < small["l_vision_uncond"] < math.inf and small["fidelity"] < 1
     assert (tmp_path / "grids" / "spatial.png").exists()

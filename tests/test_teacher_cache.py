@@ -100,7 +100,9 @@ def test_cached_run_equals_on_the_fly_run(tmp_path, family):
         [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
         for run in ("fly", "cached")
     ]
-    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-6)
+    # CLIP's pooled vector of a prompt differs by ~5e-7 with the batch it was encoded in (cache-teacher: 8 prompts
+    # per pass; on the fly: the training batch); the testbed's sharp attention and Adam carry that to ~4e-6 by step 4.
+    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-5)
     assert len(logs[0]) == 4 and all(r["loss"] > 0 for r in logs[0])
     heldout = [json.loads((tmp_path / run / "heldout.json").read_text()) for run in ("fly", "cached")]
     for a, b in zip(*heldout, strict=True):

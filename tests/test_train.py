@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from t5_compact.modeling_t5_compact import T5CompactEncoder
+from t5_compact.tiny import tiny_compact_encoder
 from t5_compact.training.config import build_config, read_config_file
 from t5_compact.training.loop import train
 
@@ -77,11 +78,12 @@ def heldout_history(output_dir: Path) -> list[dict]:
     return json.loads((Path(output_dir) / "heldout.json").read_text())
 
 
-def test_tiny_preset_file_validates_and_heldout_l_vision_halves(tmp_path):
-    """The shipped tiny preset parses; a short version of it cuts held-out L_vision by at least half."""
+def test_tiny_preset_file_validates_and_training_beats_the_null_student(tmp_path):
+    """The shipped tiny preset parses; a short run carries the prompt: prompt-specific fidelity well above 0 on
+    held-out prompts (not just a falling L_vision, which the null student gets for free); heldout.json and
+    training_info.json carry L_null and fidelity; the null student is saved once."""
     preset = read_config_file("examples/configs/tiny-cpu.yaml")
     assert build_config(dict(preset), {"output_dir": str(tmp_path / "unused")}).total_steps() > 0
-    # lr 3e-3, 60 steps: the ratio is 0.06-0.35 over seeds 0-3 for both categories (seed 0 here)
     folder = run(
         tmp_path,
         stages=[
@@ -92,13 +94,25 @@ def test_tiny_preset_file_validates_and_heldout_l_vision_halves(tmp_path):
             }
         ],
         checkpointing_steps=100,
-        validation_steps=20,
+        validation_steps=30,
     )
     history = heldout_history(tmp_path)
-    assert [h["step"] for h in history] == [0, 20, 40, 60]
-    first, last = history[0]["L_vision"], history[-1]["L_vision"]
+    assert [h["step"] for h in history] == [0, 30, 60]
+    first, last = history[0], history[-1]
+    assert first["L_null"] == last["L_null"]  # scored once
     for category in HELDOUT:
-        assert last[category] <= 0.5 * first[category], (category, first, last)
+        # seed 0: 0.44 (semantics) and 0.29 (text: one prompt), from 0.30 / -0.22 untrained; seeds 0-3 end at
+        # 0.36-0.46 / 0.11-0.30 (the student's init varies with the seed)
+        assert last["fidelity"][category] >= 0.15, last
+        assert last["fidelity"][category] > first["fidelity"][category] + 0.1, (first, last)
+        assert last["fidelity"][category] == pytest.approx(1 - last["L_vision"][category] / last["L_null"][category])
+    assert (tmp_path / "null_student.safetensors").is_file()
+    info = json.loads((folder / "training_info.json").read_text())
+    assert info["pipeline"] == {"family": "flux", "id": "tiny:flux", "revision": None}
+    assert info["teacher"] == {"id": "tiny:flux:text_encoder_2", "dtype": "float32"}
+    assert info["max_sequence_length"] == 12 and info["steps"] == 60
+    assert [s["name"] for s in info["stages"]] == ["all"]
+    assert info["heldout"]["fidelity"] == last["fidelity"] and info["heldout"]["L_null"] == last["L_null"]
     student = T5CompactEncoder.from_pretrained(folder)
     assert student.out_dim == 32 and (tmp_path / "checkpoint-60" / "student" / "config.json").exists()
 
@@ -171,6 +185,14 @@ def test_init_from_pretrained_t5_is_used(tmp_path):
         dict(pretrained_model="tiny:sd3", heldout_guidance=4.0, guidance_range=[3.0, 5.0]),
         dict(pretrained_model="tiny:flux-schnell", optimizer_step="trajectory", embedding_loss_weight=0.1),
         dict(
+            pretrained_model="tiny:sd3",
+            optimizer_step="trajectory",
+            timesteps_per_pass=0,
+            uncond_loss="guided",
+            guidance_range=[3.0, 5.0],
+            stages=[{"steps": 3, "sources": [{"prompts": SEMANTICS}]}],
+        ),
+        dict(
             mixed_precision="bf16",
             zero_pooled=False,
             train_batch_size=2,
@@ -178,14 +200,18 @@ def test_init_from_pretrained_t5_is_used(tmp_path):
             validation_images_steps=8,
             report_to="tensorboard",
         ),
+        # the 24 GB preset's storage: fp8 weights upcast per layer to bf16 (the adapter must compute in bf16)
+        dict(mixed_precision="bf16", transformer_storage_dtype="float8_e4m3fn"),
     ],
-    ids=["sd3-cfg", "schnell-trajectory-aux", "bf16-pooled-images"],
+    ids=["sd3-cfg", "schnell-trajectory-aux", "sd3-trajectory-guided", "bf16-pooled-images", "bf16-fp8-storage"],
 )
 def test_families_and_options_train(tmp_path, overrides):
     folder = run(tmp_path, **overrides)
     history = heldout_history(tmp_path)
     assert all(math.isfinite(v) and v > 0 for h in history for v in h["L_vision"].values())
     assert history[-1]["L_vision"] != history[0]["L_vision"]
+    if overrides.get("pretrained_model") == "tiny:sd3":
+        assert history[-1]["L_vision_uncond"] != history[0]["L_vision_uncond"]
     student = T5CompactEncoder.from_pretrained(folder)
     assert next(student.parameters()).dtype == torch.float32  # fp32 master weights even under bf16 autocast
     card = (folder / "README.md").read_text()  # the model card, written after the training record it reports
@@ -209,10 +235,14 @@ def test_families_and_options_train(tmp_path, overrides):
 
 
 def test_trajectory_mode_batched_timesteps_equal_one_by_one(tmp_path):
-    """Scoring all timesteps in one batched pass gives the same update as one timestep per pass."""
+    """Scoring all timesteps in one batched pass gives the same update as one timestep per pass (the default)."""
     stages = [{"steps": 2, "sources": [{"prompts": SEMANTICS}]}]
-    one = run(tmp_path / "one", optimizer_step="trajectory", timesteps_per_pass=1, stages=stages)
+    one = run(tmp_path / "one", optimizer_step="trajectory", stages=stages)
     batched = run(tmp_path / "all", optimizer_step="trajectory", timesteps_per_pass=0, stages=stages)
     a, b = T5CompactEncoder.from_pretrained(one), T5CompactEncoder.from_pretrained(batched)
+    start = tiny_compact_encoder(seed=0).state_dict()
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+        # Adam's first updates are nearly sign(grad): fp32 rounding of batched vs one-by-one passes shows up in
+        # near-zero gradient entries; measured at most 0.7% of the update (2 updates of lr 3e-3), here <= 2%.
+        update = (p - start[name]).abs().max()
+        torch.testing.assert_close(p, q, rtol=0, atol=float(0.02 * update), msg=name)

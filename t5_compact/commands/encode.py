@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tokenizer and attention mask to use"
     )  # fmt: skip
     parser.add_argument(
-        "--max-length", type=int, default=None, help="tokens per prompt (default: the pipeline's, FLUX 512, SD3 256)"
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per prompt (default: the student's trained length from its training_info.json, else the "
+        "pipeline's: FLUX 512, SD3 256)",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="encoder dtype (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
@@ -59,6 +63,15 @@ def load_tokenizer(tokenizer: str | None, pipeline: str | None, encoder: str):
     )
 
 
+def report_truncation(tokenizer, prompts: list[str], max_length: int) -> int:
+    """Print one line when some prompts have more than `max_length` tokens (they are cut); returns how many."""
+    lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
+    cut = [n for n in lengths if n > max_length]
+    if cut:
+        print(f"note: {len(cut)} prompt(s) truncated to {max_length} tokens (longest has {max(cut)})")
+    return len(cut)
+
+
 def run(args: argparse.Namespace) -> int:
     """Encode the prompts; exit code 2 with a one-line message for a bad encoder, tokenizer or path."""
     return run_reporting_errors("encode", _encode, args)
@@ -78,6 +91,7 @@ def _encode(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..modeling_t5_compact import T5CompactEncoder
     from ..pipeline_slots import default_max_sequence_length, passes_t5_mask
+    from ..training.info import trained_length
 
     check_positive(args, "max_length")
     check_device(args.device)
@@ -87,7 +101,8 @@ def _encode(args: argparse.Namespace) -> int:
     encoder = T5CompactEncoder.from_pretrained(args.encoder, torch_dtype=args.dtype, device=device)
     tokenizer, slot = load_tokenizer(args.tokenizer, args.pipeline, args.encoder)
     pipeline_default = default_max_sequence_length(slot.pipeline) if slot else None
-    max_length = args.max_length or pipeline_default or DEFAULT_MAX_LENGTH
+    max_length = args.max_length or trained_length(args.encoder) or pipeline_default or DEFAULT_MAX_LENGTH
+    report_truncation(tokenizer, args.prompts, max_length)
     batch = tokenizer(args.prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     ids = batch.input_ids
     masked = slot is not None and passes_t5_mask(slot.pipeline)

@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--zero-pooled", action="store_true", help="zero CLIP's pooled vector (the training setting) for both"
     )
+    parser.add_argument(
+        "--null-prompts",
+        default=None,
+        help="training prompt files / folder: the null student is the teacher's mean embedding over them "
+        "(default: over the evaluated prompts)",
+    )
     parser.add_argument("--clip-model", default=None, help="CLIP model (folder or hub id) for CLIP scores")
     parser.add_argument(
         "--dtype",
@@ -75,6 +81,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--zero-pooled")
     if args.clip_model:
         parts += ["--clip-model", args.clip_model]
+    if args.null_prompts:
+        parts += ["--null-prompts", args.null_prompts]
     return shlex.join(parts + ["--out", args.out])
 
 
@@ -113,6 +121,7 @@ def _eval(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         threads=args.threads,
+        null_prompts=args.null_prompts,
         grid_rows=args.grid_rows,
         command=command_line(args),
         progress=not args.no_progress,

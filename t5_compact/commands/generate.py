@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--max-sequence-length", type=int, default=None, help="T5 tokens (default: the pipeline's, FLUX 512, SD3 256)"
+        "--max-sequence-length",
+        type=int,
+        default=None,
+        help="T5 tokens (default: the student's trained length from its training_info.json, else the pipeline's: "
+        "FLUX 512, SD3 256)",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
@@ -61,7 +65,10 @@ def _generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..devices import check_device
+    from ..pipeline_slots import default_max_sequence_length, find_t5_slot
     from ..pipelines import load_pipeline
+    from ..training.info import trained_length
+    from .encode import DEFAULT_MAX_LENGTH, report_truncation
 
     check_positive(args, "steps", "height", "width", "max_sequence_length", zero_ok=("guidance",))
     check_device(args.device)
@@ -79,12 +86,17 @@ def _generate(args: argparse.Namespace) -> int:
         pipe.enable_model_cpu_offload(device=device)
     pipe.set_progress_bar_config(disable=not sys.stderr.isatty())  # a bar only on a terminal
     loaded = time.perf_counter()
+    max_length = args.max_sequence_length or trained_length(args.encoder)
+    tokenizer = getattr(pipe, find_t5_slot(pipe).tokenizer, None)
+    if tokenizer is not None:
+        default = default_max_sequence_length(pipe) or DEFAULT_MAX_LENGTH
+        report_truncation(tokenizer, list(args.prompts), max_length or default)
     call = {
         "num_inference_steps": args.steps,
         "height": args.height,
         "width": args.width,
         "guidance_scale": args.guidance,
-        "max_sequence_length": args.max_sequence_length,
+        "max_sequence_length": max_length,
         "num_frames": args.frames,
     }
     call = {k: v for k, v in call.items() if v is not None}

@@ -27,6 +27,10 @@ Stable API (keep these signatures):
     heldout_vision_loss(adapter, student, heldout, *, num_steps=20, height=512, width=512, guidance=3.5, seed=0,
                         batch_size=4, zero_pooled=True, negative=None) -> {category: mean L_vision}
 
+    heldout_branch_losses(..., negative=None, negative_ids=None) -> {"cond": {...}, "uncond": {...}}  (SD3: the
+                        negative-prompt branch, student "" vs teacher "" along the same guided trajectories)
+    NullStudent(mean_embedding(prompts, encode)); prompt_fidelity(L_student, L_null) -> {category: 1 - L_s / L_null}
+
 `heldout_vision_loss` is the held-out metric training logs (`heldout/L_vision/<category>`) and eval reports.
 Guidance: FLUX-dev's guidance embedding value; ignored by schnell-style FLUX; for SD3, Chroma and LTX the
 classifier-free scale, applied only when `negative` (the teacher's encoding of "") is given.
@@ -48,15 +52,18 @@ from .families import (
     register,
     vae_scale_factor_from_config,
 )
+from .null import NullStudent, mean_embedding, prompt_fidelity
 from .trajectory import (
     HeldoutSet,
     TeacherStep,
     build_heldout,
     follow_teacher,
+    heldout_branch_losses,
     heldout_latents,
     heldout_vision_loss,
     sample,
     trajectory_vision_losses,
+    uses_cfg,
     vision_loss,
 )
 
@@ -67,6 +74,7 @@ __all__ = [
     "FluxAdapter",
     "LTXAdapter",
     "HeldoutSet",
+    "NullStudent",
     "PromptEncoder",
     "SD3Adapter",
     "TeacherStep",
@@ -75,13 +83,17 @@ __all__ = [
     "build_heldout",
     "family_class",
     "follow_teacher",
+    "heldout_branch_losses",
     "heldout_latents",
     "heldout_vision_loss",
     "make_adapter",
+    "mean_embedding",
+    "prompt_fidelity",
     "register",
     "sample",
     "t5_token_mask",
     "trajectory_vision_losses",
+    "uses_cfg",
     "vae_scale_factor_from_config",
     "vision_loss",
 ]

@@ -15,15 +15,28 @@ from .embeds import PromptEncoder, TextEmbeds
 @dataclass
 class TeacherStep:
     """One point of the teacher's trajectory: step `index`, scheduler timestep `t`, state `latents` (x_t, float32,
-    no grad) and the teacher's conditional velocity `velocity` there (the L_vision target)."""
+    no grad), the teacher's conditional velocity `velocity` there (the L_vision target) and, under classifier-free
+    guidance, its unconditional velocity `uncond_velocity` (the target of the negative-prompt branch)."""
 
     index: int
     t: torch.Tensor
     latents: torch.Tensor
     velocity: torch.Tensor
+    uncond_velocity: torch.Tensor | None = None
 
 
-def _cfg_scale(guidance, batch: int, like: torch.Tensor) -> torch.Tensor:
+def uses_cfg(adapter: FamilyAdapter) -> bool:
+    """True when the family samples with classifier-free guidance (a negative / "" prompt encoded by the same
+    text encoders): asks the adapter (a `uses_cfg` attribute, property or method) when it has one, else SD3 does and
+    FLUX does not."""
+    flag = getattr(adapter, "uses_cfg", None)
+    if callable(flag):
+        flag = flag()
+    return bool(flag) if flag is not None else adapter.family == "sd3"
+
+
+def cfg_scale(guidance, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """The classifier-free guidance scale as `[B, 1, ...]` broadcastable against `like`."""
     g = torch.as_tensor(guidance, dtype=torch.float32, device=like.device).reshape(-1)
     g = g.expand(batch) if g.numel() == 1 else g
     return g.reshape(batch, *([1] * (like.dim() - 1)))
@@ -45,22 +58,25 @@ def follow_teacher(
 
     The generator returns the final latents (`StopIteration.value`; see `sample`).
     After each yield the state advances with the teacher's velocity: `x_{t-1} = scheduler.step(v_T, t, x_t)`.
-    For CFG families (`adapter.uses_cfg`: SD3, Chroma, LTX) with `negative` (the teacher's encoding of "") and
+    For CFG families (`uses_cfg(adapter)`: SD3, Chroma, LTX) with `negative` (the teacher's encoding of "") and
     `guidance > 1`, the advance uses classifier-free guidance `v_u + g (v_c - v_u)` as their pipelines do; the
-    yielded target stays the conditional `v_c`.
+    yielded target stays the conditional `v_c` and `uncond_velocity` carries `v_u`.
+
+    Precision: the velocities are computed when the generator is resumed, under whatever autocast context the
+    caller holds at that moment; callers resume it inside the same context as the student's pass (see `step.py`).
     """
     scheduler = adapter.new_scheduler()
     timesteps = adapter.set_timesteps(scheduler, num_steps, height, width, device=latents.device)
     x = latents.float()
-    use_cfg = adapter.uses_cfg and negative is not None and guidance is not None
+    use_cfg = uses_cfg(adapter) and negative is not None and guidance is not None
     if use_cfg:
-        g = _cfg_scale(guidance, x.shape[0], x)
+        g = cfg_scale(guidance, x.shape[0], x)
         use_cfg = bool((g > 1).any())
     for i, t in enumerate(timesteps):
         v = adapter.velocity(x, t, teacher, guidance, height=height, width=width)
-        yield TeacherStep(i, t, x, v)
+        v_uncond = adapter.velocity(x, t, negative, height=height, width=width) if use_cfg else None
+        yield TeacherStep(i, t, x, v, v_uncond)
         if use_cfg:
-            v_uncond = adapter.velocity(x, t, negative, height=height, width=width)
             v = torch.where(g > 1, v_uncond + g * (v - v_uncond), v)
         x = adapter.step(scheduler, v, t, x)
     return x
@@ -167,6 +183,70 @@ def heldout_latents(
 
 
 @torch.no_grad()
+def heldout_branch_losses(
+    adapter: FamilyAdapter,
+    student: nn.Module,
+    heldout: Mapping[str, HeldoutSet],
+    *,
+    num_steps: int = 20,
+    height: int = 512,
+    width: int = 512,
+    guidance: float | None = 3.5,
+    seed: int = 0,
+    batch_size: int = 4,
+    zero_pooled: bool = True,
+    negative: TextEmbeds | None = None,
+    negative_ids: torch.Tensor | None = None,
+) -> dict[str, dict[str, float]]:
+    """Mean L_vision per category (over prompts and timesteps) along the teacher's trajectories, per branch.
+
+    `"cond"`: the student's prompt embedding against the teacher's (what training logs as `heldout/L_vision`).
+    `"uncond"` (only with `negative` and `negative_ids`, the student's token ids of ""): the negative-prompt branch,
+    the velocity with the student's "" embedding against the teacher's `v_u` at the same points of the same guided
+    trajectories. Fixed noise per prompt (`heldout_latents(seed)`), fixed `guidance`, no gradients. `zero_pooled`
+    drops the pooled CLIP vector (the paper's FLUX setting) for teacher and student alike."""
+    was_training = student.training
+    student.eval()
+    device = adapter.device
+    with_uncond = negative is not None and negative_ids is not None
+    sums: dict[str, dict[str, list[float]]] = {"cond": {}, **({"uncond": {}} if with_uncond else {})}
+    size = dict(height=height, width=width)
+    try:
+        student_negative = adapter.encode_t5(student, negative_ids.to(device)) if with_uncond else None
+        for category, data in heldout.items():
+            for branch in sums.values():
+                branch[category] = [0.0, 0]
+            latents_all = heldout_latents(adapter, len(data.input_ids), height, width, seed, device)
+            for start in range(0, len(data.input_ids), batch_size):
+                rows = slice(start, start + batch_size)
+                teacher = data.teacher[rows].to(device)
+                if zero_pooled:
+                    teacher = teacher.without_pooled()
+                cond = teacher.with_t5(adapter.encode_t5(student, data.input_ids[rows].to(device)))
+                count = teacher.t5.shape[0]
+                neg = None
+                if negative is not None:
+                    neg = TextEmbeds.cat([negative.to(device)] * count)
+                    neg = neg.without_pooled() if zero_pooled else neg
+                steps = follow_teacher(
+                    adapter, teacher, latents_all[rows], num_steps=num_steps, guidance=guidance, negative=neg, **size
+                )
+                for step in steps:
+                    v = adapter.velocity(step.latents, step.t, cond, guidance, **size)
+                    sums["cond"][category][0] += vision_loss(v, step.velocity).sum().item()
+                    sums["cond"][category][1] += count
+                    if with_uncond and step.uncond_velocity is not None:
+                        student_neg = neg.with_t5(student_negative.expand(count, -1, -1))
+                        v_u = adapter.velocity(step.latents, step.t, student_neg, **size)
+                        sums["uncond"][category][0] += vision_loss(v_u, step.uncond_velocity).sum().item()
+                        sums["uncond"][category][1] += count
+    finally:
+        student.train(was_training)
+    return {
+        branch: {c: total / count for c, (total, count) in values.items() if count} for branch, values in sums.items()
+    }
+
+
 def heldout_vision_loss(
     adapter: FamilyAdapter,
     student: nn.Module,
@@ -181,43 +261,19 @@ def heldout_vision_loss(
     zero_pooled: bool = True,
     negative: TextEmbeds | None = None,
 ) -> dict[str, float]:
-    """Mean L_vision per category (over prompts and timesteps) of `student` along the teacher's trajectories.
-
-    Fixed noise per prompt (`heldout_latents`), fixed `guidance`, no gradients. This is the number training logs
-    as `heldout/L_vision/<category>` and `t5-compact eval` reports. `zero_pooled` drops the pooled CLIP vector
-    (the paper's FLUX setting) for teacher and student alike."""
-    was_training = student.training
-    student.eval()
-    device = adapter.device
-    results: dict[str, float] = {}
-    try:
-        for category, data in heldout.items():
-            total, count = 0.0, 0
-            latents_all = heldout_latents(adapter, len(data.input_ids), height, width, seed, device)
-            for start in range(0, len(data.input_ids), batch_size):
-                rows = slice(start, start + batch_size)
-                teacher = data.teacher[rows].to(device)
-                if zero_pooled:
-                    teacher = teacher.without_pooled()
-                student_t5 = adapter.encode_t5(student, data.input_ids[rows].to(device))
-                neg = None
-                if negative is not None:
-                    neg = TextEmbeds.cat([negative.to(device)] * teacher.t5.shape[0])
-                    neg = neg.without_pooled() if zero_pooled else neg
-                losses = trajectory_vision_losses(
-                    adapter,
-                    teacher,
-                    student_t5,
-                    latents_all[rows],
-                    num_steps=num_steps,
-                    height=height,
-                    width=width,
-                    guidance=guidance,
-                    negative=neg,
-                )
-                total += losses.sum().item()
-                count += losses.numel()
-            results[category] = total / max(count, 1)
-    finally:
-        student.train(was_training)
-    return results
+    """Mean L_vision per category of `student`'s prompt embeddings along the teacher's trajectories (the `"cond"`
+    branch of `heldout_branch_losses`). This is the number training logs as `heldout/L_vision/<category>` and
+    `t5-compact eval` reports."""
+    return heldout_branch_losses(
+        adapter,
+        student,
+        heldout,
+        num_steps=num_steps,
+        height=height,
+        width=width,
+        guidance=guidance,
+        seed=seed,
+        batch_size=batch_size,
+        zero_pooled=zero_pooled,
+        negative=negative,
+    )["cond"]

@@ -14,6 +14,8 @@ from .run import EvalResult, StudentResult, finite_or_none
 # (key, title, better) for the per-prompt metrics; L_vision comes per category from the shared function.
 METRICS = (
     ("l_vision", "L_vision along the teacher's trajectories", "lower"),
+    ("fidelity", "Prompt-specific fidelity 1 − L_vision / L_null (1: teacher, 0: null student)", "higher"),
+    ("l_vision_uncond", 'L_vision of the negative-prompt ("") branch', "lower"),
     ("latent_mse", "Final latents MSE vs teacher", "lower"),
     ("psnr", "PSNR vs teacher images (dB)", "higher"),
     ("ssim", "SSIM vs teacher images", "higher"),
@@ -22,8 +24,18 @@ METRICS = (
 ALL = "all"
 
 
-def summary(student: StudentResult, categories: dict[str, list[str]]) -> dict[str, dict[str, float | None]]:
-    """`{category | "all": {metric: mean}}` for one student (None where a metric was not measured)."""
+def _weighted(values: dict[str, float], counts: dict[str, int]) -> float | None:
+    """Prompt-weighted mean over categories (None when a category is missing)."""
+    if not values or any(c not in values for c in counts):
+        return None
+    return sum(values[c] * n for c, n in counts.items()) / max(sum(counts.values()), 1)
+
+
+def summary(
+    student: StudentResult, categories: dict[str, list[str]], null: dict[str, float] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """`{category | "all": {metric: mean}}` for one student (None where a metric was not measured). `null`: the
+    null student's L_vision per category, for the prompt-specific fidelity `1 - L_vision / L_null`."""
     out: dict[str, dict[str, float | None]] = {}
     groups = {c: [o for o in student.outcomes if o.category == c] for c in categories}
     groups[ALL] = list(student.outcomes)
@@ -31,10 +43,14 @@ def summary(student: StudentResult, categories: dict[str, list[str]]) -> dict[st
     for name, outcomes in groups.items():
         row: dict[str, float | None] = {}
         if name == ALL:
-            total = sum(counts.values())
-            row["l_vision"] = sum(student.l_vision[c] * counts[c] for c in categories) / max(total, 1)
+            row["l_vision"] = _weighted(student.l_vision, counts)
+            row["l_vision_uncond"] = _weighted(student.l_vision_uncond, counts)
+            l_null = _weighted(null or {}, counts)
         else:
             row["l_vision"] = student.l_vision[name]
+            row["l_vision_uncond"] = student.l_vision_uncond.get(name)
+            l_null = (null or {}).get(name)
+        row["fidelity"] = 1.0 - row["l_vision"] / l_null if l_null else None
         for key in ("latent_mse", "psnr", "ssim", "clip"):
             values = [getattr(o, key) for o in outcomes if getattr(o, key) is not None]
             row[key] = mean(values) if values else None
@@ -64,7 +80,7 @@ def to_dict(result: EvalResult) -> dict[str, object]:
                 "label": student.label,
                 "source": student.source,
                 "params": student.params,
-                "summary": {c: clean(r) for c, r in summary(student, result.categories).items()},
+                "summary": {c: clean(r) for c, r in summary(student, result.categories, result.null_l_vision).items()},
                 "per_prompt": [
                     clean(
                         dict(
@@ -85,6 +101,7 @@ def to_dict(result: EvalResult) -> dict[str, object]:
         "meta": result.meta,
         "categories": result.categories,
         "teacher_clip": clean(teacher_clip_summary(result)),
+        "null_student": {"l_vision": clean(result.null_l_vision)},
         "students": students,
     }
 
@@ -96,6 +113,8 @@ def _fmt(value: float | None, key: str) -> str:
         return "∞" if value > 0 else "-∞"
     if key in ("psnr", "clip"):
         return f"{value:.2f}"
+    if key == "fidelity":
+        return f"{value:.3f}"
     if key == "ssim":
         return f"{value:.4f}"
     return f"{value:.4g}"
@@ -104,8 +123,11 @@ def _fmt(value: float | None, key: str) -> str:
 def to_markdown(result: EvalResult, charts: dict[str, str], grids: dict[str, str]) -> str:
     """The report: setup, one table per metric (rows: categories + all; columns: students), charts, grids."""
     meta = result.meta
-    summaries = {s.label: summary(s, result.categories) for s in result.students}
+    summaries = {s.label: summary(s, result.categories, result.null_l_vision) for s in result.students}
     teacher_clip = teacher_clip_summary(result)
+    null = dict(result.null_l_vision)
+    if null:
+        null[ALL] = _weighted(null, {c: len(p) for c, p in result.categories.items()})
     rows = [*result.categories, ALL]
     lines = [
         "# Student fidelity to the teacher",
@@ -122,7 +144,13 @@ def to_markdown(result: EvalResult, charts: dict[str, str], grids: dict[str, str
         "- L_vision: mean squared difference of the transformer's velocity with the student's vs the teacher's "
         "embeddings at every step of the teacher's trajectory (fixed noise per prompt and seed), computed by "
         f"`{meta['l_vision_function']}` (the same function training logs). Final latents / images: the student "
-        "drives the sampler from the same noise.",
+        "drives the sampler from the same noise"
+        + (
+            ' with classifier-free guidance on the student\'s own prompt and "" embeddings.'
+            if meta.get("classifier_free_guidance")
+            else "."
+        )
+        + f" Null student: {meta.get('null_student', '–')}; fidelity = 1 − L_vision / L_null.",
         f"- Command: `{meta['command']}`",
         "",
     ]
@@ -134,12 +162,19 @@ def to_markdown(result: EvalResult, charts: dict[str, str], grids: dict[str, str
         columns = list(summaries)
         if key == "clip" and teacher_clip:
             columns = ["teacher", *columns]
+        if key == "l_vision" and null:
+            columns = ["null student", *columns]
         lines.append("| Category | " + " | ".join(columns) + " |")
         lines.append("|" + "---|" * (1 + len(columns)))
         for row in rows:
             cells = []
             for col in columns:
-                value = teacher_clip.get(row) if col == "teacher" else summaries[col][row][key]
+                if col == "teacher":
+                    value = teacher_clip.get(row)
+                elif col == "null student":
+                    value = null.get(row)
+                else:
+                    value = summaries[col][row][key]
                 cells.append(_fmt(value, key))
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -160,7 +195,7 @@ def plot_by_category(result: EvalResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    summaries = {s.label: summary(s, result.categories) for s in result.students}
+    summaries = {s.label: summary(s, result.categories, result.null_l_vision) for s in result.students}
     categories = list(result.categories)
     keys = [m for m in METRICS if all(_plottable(summaries[s][c][m[0]]) for s in summaries for c in categories)]
     fig, axes = plt.subplots(len(keys), 1, figsize=(max(6, 1.2 * len(categories) + 3), 2.8 * len(keys)), dpi=100)
@@ -194,7 +229,7 @@ def plot_scaling(result: EvalResult, path: Path) -> Path:
     import numpy as np
 
     students = sorted(result.students, key=lambda s: s.params)
-    summaries = {s.label: summary(s, result.categories)[ALL] for s in students}
+    summaries = {s.label: summary(s, result.categories, result.null_l_vision)[ALL] for s in students}
     keys = [(k, t, b) for k, t, b in METRICS if all(_plottable(summaries[s.label][k]) for s in students)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), dpi=100)
     axes = np.atleast_1d(axes)

@@ -1,9 +1,12 @@
 """`t5-compact eval`: fidelity of students to the teacher on held-out prompts, per category.
 
 For every prompt and seed the teacher's trajectory starts from fixed noise (`distill.heldout_latents`). Per student:
-mean L_vision along the teacher's trajectories (`distill.heldout_vision_loss`, the function training logs), the MSE
-of the final latents when the student drives the sampler from the same noise, and, with a VAE, the decoded images'
-PSNR / SSIM against the teacher's; with a CLIP model, the CLIP score of teacher and student images.
+mean L_vision along the teacher's trajectories (`distill.heldout_branch_losses`, the function training logs), the
+prompt-specific fidelity `1 - L_vision / L_null` against the null student (the teacher's mean embedding), for
+classifier-free-guidance families (SD3) the L_vision of the negative-prompt branch, the MSE of the final latents
+when the student drives the sampler from the same noise (SD3: guided with the student's own conditional and ""
+embeddings), and, with a VAE, the decoded images' PSNR / SSIM against the teacher's; with a CLIP model, the CLIP
+score of teacher and student images.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..distill import (
+    NullStudent,
     PromptEncoder,
     TextEmbeds,
     adapter_from_pipeline,
     build_heldout,
+    heldout_branch_losses,
     heldout_latents,
-    heldout_vision_loss,
+    mean_embedding,
     sample,
+    uses_cfg,
 )
 from ..loading import resolve_dtype
 from ..pipelines import ENCODER_SLOTS, check_width, detect_family, pipeline_family, read_pipeline_config
@@ -55,6 +61,7 @@ class EvalSettings:
     device: str = "cpu"
     grid_rows: int = 8
     threads: int | None = None
+    null_prompts: str | None = None  # prompts whose mean teacher embedding is the null student (default: evaluated)
     command: str = ""
     progress: bool = True
 
@@ -81,6 +88,7 @@ class StudentResult:
     params: int
     l_vision: dict[str, float]
     outcomes: list[PromptOutcome] = field(default_factory=list)
+    l_vision_uncond: dict[str, float] = field(default_factory=dict)  # CFG families: the "" branch
 
 
 @dataclass
@@ -92,6 +100,7 @@ class EvalResult:
     students: list[StudentResult]
     teacher_clip: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (category, row, seed)
     images: dict[str, dict[str, list[Image.Image]]] = field(default_factory=dict)  # category -> column -> images
+    null_l_vision: dict[str, float] = field(default_factory=dict)  # the null student's L_vision per category
 
 
 def parse_students(text: str) -> list[tuple[str, str]]:
@@ -191,8 +200,20 @@ def run_eval(settings: EvalSettings) -> EvalResult:
     heldout = build_heldout(categories, encoder, teacher_t5=teacher_t5)
     side = settings.resolution
     size = dict(num_steps=settings.steps, height=side, width=side)
-    use_cfg = adapter.uses_cfg and settings.guidance > 1
+    use_cfg = uses_cfg(adapter) and settings.guidance > 1
     teacher_negative = encoder.encode([""], teacher_t5) if use_cfg else None
+    negative_ids = encoder.tokenize([""]) if use_cfg else None
+    # The null student: the teacher's mean embedding over the training prompts (`--null-prompts`), else over the
+    # evaluated prompts (which include each held-out prompt itself: a slightly stronger baseline).
+    null_source = settings.null_prompts or settings.prompts
+    null_categories = load_prompt_categories(settings.null_prompts, None) if settings.null_prompts else categories
+    null_prompts = [p for ps in null_categories.values() for p in ps]
+    t5_device = next(teacher_t5.parameters()).device
+
+    def teacher_t5_embeds(batch: list[str]) -> torch.Tensor:
+        return adapter.encode_t5(teacher_t5, encoder.tokenize(batch).to(t5_device))
+
+    null = NullStudent(mean_embedding(null_prompts, teacher_t5_embeds, settings.batch_size, limit=1024)).to(device)
     if device.type == "cuda":  # the teacher's embeddings are computed; free its (T5-XXL: ~9.5 GB) GPU memory
         teacher_t5.to("cpu")
     vae = getattr(pipe, "vae", None)
@@ -213,10 +234,32 @@ def run_eval(settings: EvalSettings) -> EvalResult:
             out.append(sample(adapter, cond_rows, latents[rows], negative=neg, guidance=settings.guidance, **size))
         return torch.cat(out)
 
+    def branch_losses(student: torch.nn.Module) -> tuple[dict[str, float], dict[str, float]]:
+        """Held-out L_vision per category of the prompt and the "" branch, averaged over the seeds."""
+        sums: dict[str, dict[str, float]] = {"cond": {}, "uncond": {}}
+        for seed in settings.seeds:
+            values = heldout_branch_losses(
+                adapter,
+                student,
+                heldout,
+                guidance=settings.guidance,
+                seed=seed,
+                batch_size=settings.batch_size,
+                zero_pooled=settings.zero_pooled,
+                negative=teacher_negative,
+                negative_ids=negative_ids,
+                **size,
+            )
+            for branch, per_category in values.items():
+                for category, value in per_category.items():
+                    sums[branch][category] = sums[branch].get(category, 0.0) + value / len(settings.seeds)
+        return sums["cond"], sums["uncond"]
+
     # The teacher: final latents (and images) per category and seed, computed once.
     teacher_latents: dict[tuple[str, int], torch.Tensor] = {}
     teacher_images: dict[tuple[str, int], list[Image.Image]] = {}
     result = EvalResult(meta={}, categories=categories, students=[])
+    result.null_l_vision = branch_losses(null)[0]
     jobs = [(c, s) for c in categories for s in settings.seeds]
     for category, seed in tqdm(jobs, desc="teacher trajectories", unit="category×seed", **progress):
         noise = heldout_latents(adapter, len(categories[category]), side, side, seed)
@@ -232,23 +275,9 @@ def run_eval(settings: EvalSettings) -> EvalResult:
     for label, source in tqdm(settings.students, desc="students", unit="student", **progress):
         student = T5CompactEncoder.from_pretrained(source, torch_dtype=dtype, device=device).eval()
         check_width(student, adapter.text_width, f"{settings.pipeline}/transformer", adapter.text_width_key)
-        l_vision = {c: 0.0 for c in categories}
-        for seed in settings.seeds:
-            values = heldout_vision_loss(
-                adapter,
-                student,
-                heldout,
-                guidance=settings.guidance,
-                seed=seed,
-                batch_size=settings.batch_size,
-                zero_pooled=settings.zero_pooled,
-                negative=teacher_negative,
-                **size,
-            )
-            for category, value in values.items():
-                l_vision[category] += value / len(settings.seeds)
+        l_vision, l_uncond = branch_losses(student)
         student_negative = encoder.encode([""], student) if use_cfg else None
-        outcome = StudentResult(label, source, count_parameters(student), l_vision)
+        outcome = StudentResult(label, source, count_parameters(student), l_vision, l_vision_uncond=l_uncond)
         for category, seed in tqdm(jobs, desc=f"{label}: sampling", unit="category×seed", leave=False, **progress):
             prompts = categories[category]
             noise = heldout_latents(adapter, len(prompts), side, side, seed)
@@ -312,7 +341,8 @@ def run_eval(settings: EvalSettings) -> EvalResult:
         diffusers=diffusers.__version__,
         python=platform.python_version(),
         command=settings.command,
-        l_vision_function="t5_compact.distill.heldout_vision_loss",
+        l_vision_function="t5_compact.distill.heldout_branch_losses",
+        null_student=f"teacher's mean embedding over {min(len(null_prompts), 1024)} prompts of {null_source}",
         cpu_count=os.cpu_count(),
     )
     return result

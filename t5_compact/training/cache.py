@@ -8,7 +8,7 @@ from .config import TrainConfig
 from .data import PromptSchedule, load_heldout, load_stages
 from .loop import _DTYPES, needs_clip, required_prompts
 from .models import load_components, pipeline_family
-from .teacher_cache import TeacherCache, cache_meta, write_teacher_cache
+from .teacher_cache import TeacherCache, cache_meta, tokenizer_fingerprint, write_teacher_cache
 
 
 def build_teacher_cache(config: TrainConfig, encode_batch_size: int = 8, device: str | None = None) -> tuple[int, int]:
@@ -26,7 +26,8 @@ def build_teacher_cache(config: TrainConfig, encode_batch_size: int = 8, device:
     parts = load_components(
         config, load_teacher=True, need_clip=with_clip, device=device, weight_dtype=dtype, load_transformer=False
     )
-    meta = cache_meta(family, parts.teacher_name, config.max_sequence_length, with_clip, dtype)
+    tokenizer = tokenizer_fingerprint(parts.prompt_encoder.t5_tokenizer)
+    meta = cache_meta(family, parts.teacher_name, config.max_sequence_length, with_clip, dtype, tokenizer)
     bar = tqdm(total=len(prompts), desc="cache-teacher")
     if _exists(config.teacher_cache):
         done = TeacherCache(config.teacher_cache)

@@ -40,7 +40,10 @@ class TrainConfig:
     guidance_range: list[float] = field(default_factory=lambda: [2.0, 5.0])
     guidance_interval: float = 0.5  # guidance sampled per batch from {min, min+interval, ..., max}
     optimizer_step: str = "timestep"  # timestep (paper: one update per timestep) | trajectory (accumulate)
-    timesteps_per_pass: int = 0  # trajectory mode: timesteps per batched student pass (0: all; lower saves memory)
+    timesteps_per_pass: int = (
+        1  # trajectory mode: timesteps per batched transformer pass (0: all, ~num_steps x memory)
+    )
+    uncond_loss: str = "both"  # SD3 (CFG): distil the "" branch too: both | guided | none (cond branch only)
     zero_pooled: bool = True  # zero CLIP's pooled vector for teacher and student (paper, FLUX)
     max_sequence_length: int = 77
     embedding_loss_weight: float = 0.0  # optional auxiliary MSE(student_emb, teacher_emb)
@@ -78,6 +81,8 @@ class TrainConfig:
     report_to: str = "tensorboard"  # tensorboard | none
     validation_steps: int = 0  # every N steps: held-out L_vision per category (0: only at start and end)
     heldout_guidance: float = 3.5
+    heldout_seed: int = 0  # noise of the held-out metric (its own seed: runs with other training seeds compare)
+    null_student_prompts: int = 1024  # training prompts averaged for the null student (0: all)
     heldout_num_steps: int | None = None  # default: num_inference_steps
     heldout_resolution: int | None = None  # default: the first stage's resolution
     num_frames: int = 9  # video families (LTX): frames per training / held-out video (8k+1)
@@ -108,6 +113,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _CHOICES = {
     "init_type": ("auto", "t5", "compact", "tiny"),
     "optimizer_step": ("timestep", "trajectory"),
+    "uncond_loss": ("both", "guided", "none"),
     "lr_scheduler": ("constant", "constant_with_warmup", "cosine", "linear"),
     "mixed_precision": ("no", "bf16", "fp16"),
     "report_to": ("tensorboard", "none"),
@@ -260,6 +266,8 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(f"guidance_range must be [min, max] with min <= max, got {config.guidance_range}")
     if config.num_frames < 1 or (config.num_frames - 1) % 8:
         raise ConfigError(f"num_frames must be 8k+1 (1, 9, 17, ..., as LTX-Video takes), got {config.num_frames}")
+    if config.timesteps_per_pass < 0 or config.null_student_prompts < 0:
+        raise ConfigError("timesteps_per_pass and null_student_prompts must be 0 or positive")
     if config.checkpoints_total_limit is not None and config.checkpoints_total_limit < 1:
         raise ConfigError("checkpoints_total_limit must be at least 1")
     for name in _POSITIVE:

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import torch
 
-from ..distill import build_heldout, family_class, heldout_vision_loss
+from ..distill import build_heldout, family_class, heldout_branch_losses, uses_cfg
 from ..fileio import atomic_write_text
 from . import interrupt
 from .checkpoints import load_checkpoint, resolve_resume, save_checkpoint, trim_log
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import PromptSchedule, load_heldout, load_stages
-from .models import build_student, load_components, pipeline_family
+from .info import heldout_record, null_student, write_training_info
+from .models import build_student, load_components, pipeline_family, teacher_name
 from .step import StepContext, TeacherSource, train_step
-from .teacher_cache import TeacherCache
+from .teacher_cache import TeacherCache, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -85,8 +86,18 @@ def train(config: TrainConfig) -> Path:
     schedule = PromptSchedule(stages, config.train_batch_size, config.guidance_values(), config.seed)
     cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
     family = pipeline_family(config.pretrained_model)  # reads model_index.json only
+    if family == "flux" and config.mixed_precision == "fp16":
+        raise ConfigError(
+            "mixed_precision fp16: FLUX's activations overflow fp16 (diffusers clips them for that reason); "
+            "use bf16 or no"
+        )
     if cache is not None:
-        expected = {"family": family, "max_sequence_length": config.max_sequence_length}
+        expected = {
+            "family": family,
+            "teacher": teacher_name(config, family),
+            "dtype": str(_DTYPES[config.mixed_precision]).removeprefix("torch."),
+            "max_sequence_length": config.max_sequence_length,
+        }
         if needs_clip(family, config):
             expected["with_clip"] = True
         cache.check(expected, required_prompts(schedule, heldout_prompts, config, family))
@@ -112,12 +123,15 @@ def train(config: TrainConfig) -> Path:
         weight_dtype=weight_dtype,
     )
     adapter = parts.adapter
+    if cache is not None:
+        cache.check({"tokenizer": tokenizer_fingerprint(parts.prompt_encoder.t5_tokenizer)})
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.FSDP:  # shard the frozen transformer too (untested here)
         adapter.transformer = accelerator.prepare_model(adapter.transformer)
     teacher = TeacherSource(parts.prompt_encoder, parts.teacher_t5, cache, zero_pooled=config.zero_pooled)
-    negative = teacher([""], accelerator.device) if adapter.uses_cfg else None
+    negative = teacher([""], accelerator.device) if uses_cfg(adapter) else None
+    negative_ids = parts.prompt_encoder.tokenize([""]) if negative is not None else None
     heldout = build_heldout(
         heldout_prompts,
         parts.prompt_encoder,
@@ -161,32 +175,46 @@ def train(config: TrainConfig) -> Path:
         seed=config.seed,
         negative=negative,
         timesteps_per_pass=config.timesteps_per_pass,
+        negative_ids=negative_ids,
+        uncond_loss=config.uncond_loss,
     )
     categories = sorted({s.category for st in stages for s in st.sources})
     history_path = output_dir / "heldout.json"
     # Held-out metric and validation images: at the first stage's training resolution unless set explicitly.
     eval_resolution = config.heldout_resolution or stages[0].resolution
 
+    heldout_kwargs = dict(
+        num_steps=config.heldout_num_steps or config.num_inference_steps,
+        height=eval_resolution,
+        width=eval_resolution,
+        guidance=config.heldout_guidance,
+        seed=config.heldout_seed,
+        batch_size=config.train_batch_size,
+        zero_pooled=config.zero_pooled,
+        negative=negative,
+        negative_ids=negative_ids,
+    )
+    null_losses: dict[str, float] = {}
+    if heldout and accelerator.is_main_process:
+        # The null student (teacher's mean embedding over the training prompts): computed once, saved, scored once.
+        null = null_student(output_dir, schedule.all_prompts(), teacher, accelerator.device, config)
+        null_losses = heldout_branch_losses(adapter, null, heldout, **heldout_kwargs)["cond"]
+    final_record: dict = {}
+
     def evaluate(step: int) -> None:
         if not heldout or not accelerator.is_main_process:
             return
-        values = heldout_vision_loss(
-            adapter,
-            accelerator.unwrap_model(student),
-            heldout,
-            num_steps=config.heldout_num_steps or config.num_inference_steps,
-            height=eval_resolution,
-            width=eval_resolution,
-            guidance=config.heldout_guidance,
-            seed=config.seed,
-            batch_size=config.train_batch_size,
-            zero_pooled=config.zero_pooled,
-            negative=negative,
-        )
+        values = heldout_branch_losses(adapter, accelerator.unwrap_model(student), heldout, **heldout_kwargs)
+        record = heldout_record(step, values, null_losses)
+        final_record.clear()
+        final_record.update(record)
         history = json.loads(history_path.read_text()) if history_path.exists() else []
-        history = [h for h in history if h["step"] < step] + [{"step": step, "L_vision": values}]
+        history = [h for h in history if h["step"] < step] + [record]
         atomic_write_text(history_path, json.dumps(history, indent=1))
-        accelerator.log({f"heldout/L_vision/{c}": v for c, v in values.items()}, step=step)
+        logs = {}
+        for key in ("L_vision", "L_vision_uncond", "L_null", "fidelity"):
+            logs.update({f"heldout/{key}/{c}": v for c, v in record.get(key, {}).items()})
+        accelerator.log(logs, step=step)
 
     def validation_images(step: int) -> None:
         if not config.validation_prompts or not accelerator.is_main_process:
@@ -275,18 +303,28 @@ def train(config: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
     final = output_dir / "student"
     if accelerator.is_main_process:
-        export_student(accelerator.unwrap_model(student), final, comfyui=config.export_comfyui)
+        teacher_dtype = cache.meta.get("dtype") if cache is not None else str(weight_dtype).removeprefix("torch.")
+        info = dict(config=config, family=family, teacher=parts.teacher_name, teacher_dtype=teacher_dtype)
+        export_student(
+            accelerator.unwrap_model(student),
+            final,
+            comfyui=config.export_comfyui,
+            write_info=lambda folder: write_training_info(folder, stages=stages, heldout=final_record, **info),
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
 
 
-def export_student(student, folder: Path, comfyui: bool = False) -> None:
-    """Write the trained student with `save_pretrained` (+ a ComfyUI single file if asked) and its model card
-    (`README.md`, as `t5-compact export` writes it; the training record is read from the folder when present)."""
+def export_student(student, folder: Path, comfyui: bool = False, write_info=None) -> None:
+    """Write the trained student with `save_pretrained` (+ a ComfyUI single file if asked), its training record
+    (`write_info(folder)`: `training_info.json`) and its model card (`README.md`, as `t5-compact export` writes it,
+    from that record)."""
     from ..export import write_card
 
     student.eval().save_pretrained(folder)
+    if write_info is not None:
+        write_info(folder)
     if comfyui:
         from ..convert import save_comfyui
 

@@ -76,6 +76,11 @@ def pipeline_family(source: str) -> str:
         ) from err
 
 
+def teacher_name(config: TrainConfig, family: str) -> str:
+    """The id of the teacher T5 a run uses (recorded in caches and `training_info.json`), without loading it."""
+    return config.teacher or f"{config.pretrained_model}:{family_class(family).t5_slot}"
+
+
 def _tiny_components(source: str) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -171,7 +176,7 @@ def load_components(
         [m for m, _ in clips],
         max_sequence_length=config.max_sequence_length,
     )
-    return Components(family, adapter, encoder, teacher, config.teacher or f"{source}:{t5_slot}", vae_loader)
+    return Components(family, adapter, encoder, teacher, teacher_name(config, family), vae_loader)
 
 
 def _looks_compact(source: str) -> bool:

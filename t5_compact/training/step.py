@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..distill import FamilyAdapter, PromptEncoder, TextEmbeds, follow_teacher, vision_loss
+from ..distill.trajectory import cfg_scale
 from .data import Batch, step_generator, step_seed
 from .teacher_cache import TeacherCache
 
@@ -68,7 +69,16 @@ class StepContext:
     embedding_loss_weight: float = 0.0
     seed: int = 0
     negative: TextEmbeds | None = None  # CFG families (SD3, Chroma, LTX): the teacher's encoding of ""
-    timesteps_per_pass: int = 0  # trajectory mode: timesteps scored per student pass (0: all at once)
+    timesteps_per_pass: int = 1  # trajectory mode: timesteps scored per batched pass (0: all at once)
+    negative_ids: torch.Tensor | None = None  # the student's token ids of "" `[1, L]` (with `negative`)
+    uncond_loss: str = "both"  # CFG families: both | guided | none (see TrainConfig.uncond_loss)
+
+
+def _repeat_guidance(guidance, size: int, times: int):
+    """Per-sample guidance for `times` stacked copies of a batch of `size` (scalars and None pass through)."""
+    if guidance is None or torch.as_tensor(guidance).numel() == 1:
+        return guidance
+    return torch.as_tensor(guidance).reshape(-1).expand(size).repeat(times)
 
 
 def _update(ctx: StepContext, params: list[nn.Parameter]) -> torch.Tensor | float:
@@ -86,12 +96,39 @@ def _aux_loss(ctx: StepContext, student_t5: torch.Tensor, teacher: TextEmbeds) -
     return ctx.embedding_loss_weight * (student_t5.float() - teacher.t5.float()).pow(2).mean()
 
 
+def _encode(ctx: StepContext, ids: torch.Tensor, with_negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The student's embeddings of the batch and, if asked, of "" (one forward pass for both)."""
+    if not with_negative:
+        return ctx.adapter.encode_t5(ctx.student, ids), None
+    out = ctx.adapter.encode_t5(ctx.student, torch.cat([ids, ctx.negative_ids.to(ids.device)]))
+    return out[: len(ids)], out[len(ids) :]
+
+
+def _branch_losses(
+    ctx: StepContext, v_c, target_c, v_u, target_u, guidance, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample conditional L_vision `[B]`, the loss to minimise). With a negative-prompt branch (`v_u`):
+    `both` adds its L_vision at the same latents; `guided` scores the guided velocity `v_u + g (v_c - v_u)`."""
+    losses = vision_loss(v_c, target_c)
+    if v_u is None:
+        return losses, losses.mean()
+    if ctx.uncond_loss == "guided":
+        g = cfg_scale(guidance, size, v_c)
+        g = torch.where(g > 1, g, torch.ones_like(g))  # no guidance at g <= 1, as in follow_teacher
+        guided = vision_loss(v_u + g * (v_c - v_u), target_u + g * (target_c - target_u))
+        return losses, guided.mean()
+    return losses, losses.mean() + vision_loss(v_u, target_u).mean()
+
+
 def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
     """Run one batch: teacher trajectory from seeded noise, L_vision at every timestep, optimizer update(s).
 
     `optimizer_step="timestep"` (the paper) updates after every timestep, re-encoding the prompt with the updated
-    student; `"trajectory"` encodes once, scores all timesteps in batched transformer passes, accumulates their
-    gradients at the embedding and updates once. Any batch size works (latents are drawn for `len(batch.prompts)`)."""
+    student; `"trajectory"` encodes once, scores the timesteps in batched transformer passes (`timesteps_per_pass`
+    at a time), accumulates their gradients at the embedding and updates once. Any batch size works (latents are
+    drawn for `len(batch.prompts)`). The teacher's velocities run under the same autocast context as the student's
+    pass, so a student reproducing the teacher's embedding scores exactly 0 whatever `mixed_precision` is. For
+    classifier-free-guidance families the negative-prompt ("") branch is distilled as `uncond_loss` says."""
     acc, adapter = ctx.accelerator, ctx.adapter
     device = acc.device
     torch.manual_seed(step_seed(ctx.seed, batch.step, rank, stream=2))  # dropout: a function of the step
@@ -108,15 +145,24 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
     per_step, norms = [], []
     ctx.student.train()
     params = list(ctx.student.parameters())  # built once per batch, not at every update
+    with_negative = negative is not None and ctx.negative_ids is not None and ctx.uncond_loss != "none"
+    guidance = batch.guidance
     if ctx.optimizer_step == "timestep":
-        for point in follow_teacher(adapter, teacher, latents, **kwargs):
-            with acc.autocast():
-                student_t5 = adapter.encode_t5(ctx.student, ids)
+        steps = follow_teacher(adapter, teacher, latents, **kwargs)
+        while True:
+            with acc.autocast():  # the teacher's pass (run on resuming the generator) in the student's context
+                point = next(steps, None)
+                if point is None:
+                    break
+                student_t5, student_neg = _encode(ctx, ids, with_negative and point.uncond_velocity is not None)
                 v = adapter.velocity(
-                    point.latents, point.t, teacher.with_t5(student_t5), batch.guidance, height=res, width=res
+                    point.latents, point.t, teacher.with_t5(student_t5), guidance, height=res, width=res
                 )
-                losses = vision_loss(v, point.velocity)
-                loss = losses.mean()
+                v_u = None
+                if student_neg is not None:
+                    neg = negative.with_t5(student_neg.expand(size, -1, -1))
+                    v_u = adapter.velocity(point.latents, point.t, neg, height=res, width=res)
+                losses, loss = _branch_losses(ctx, v, point.velocity, v_u, point.uncond_velocity, guidance, size)
                 if ctx.embedding_loss_weight:
                     loss = loss + _aux_loss(ctx, student_t5, teacher)
             acc.backward(loss)
@@ -124,24 +170,34 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
             per_step.append(losses.detach())
     else:
         # The teacher's trajectory does not depend on the student: run it first (sequential, no grad), then score
-        # the student at all its points in batched passes (`timesteps_per_pass` timesteps each) at fixed weights.
-        points = list(follow_teacher(adapter, teacher, latents, **kwargs))
+        # the student at its points in batched passes (`timesteps_per_pass` timesteps each) at fixed weights.
         with acc.autocast():
-            student_t5 = adapter.encode_t5(ctx.student, ids)
+            points = list(follow_teacher(adapter, teacher, latents, **kwargs))
+            student_t5, student_neg = _encode(ctx, ids, with_negative and points[0].uncond_velocity is not None)
         leaf = student_t5.detach().requires_grad_(True)
+        neg_leaf = None if student_neg is None else student_neg.detach().requires_grad_(True)
         chunk = ctx.timesteps_per_pass or len(points)
         for first in range(0, len(points), chunk):
             group = points[first : first + chunk]
             x = torch.cat([p.latents for p in group])
             t = torch.cat([p.t.reshape(1).expand(size) for p in group])
             cond = TextEmbeds.cat([teacher.with_t5(leaf)] * len(group))
+            g_rep = _repeat_guidance(guidance, size, len(group))
             with acc.autocast():
-                v = adapter.velocity(x, t, cond, batch.guidance, height=res, width=res)
-                losses = vision_loss(v, torch.cat([p.velocity for p in group])).view(len(group), size)
-            acc.backward(losses.mean(dim=1).sum() / ctx.num_steps)  # stops at `leaf`: no student / DDP work here
-            per_step.extend(losses.detach())
+                v = adapter.velocity(x, t, cond, g_rep, height=res, width=res)
+                v_u, target_u = None, None
+                if neg_leaf is not None:
+                    neg = TextEmbeds.cat([negative.with_t5(neg_leaf.expand(size, -1, -1))] * len(group))
+                    v_u = adapter.velocity(x, t, neg, height=res, width=res)
+                    target_u = torch.cat([p.uncond_velocity for p in group])
+                target = torch.cat([p.velocity for p in group])
+                losses, loss = _branch_losses(ctx, v, target, v_u, target_u, g_rep, size * len(group))
+            acc.backward(loss * len(group) / ctx.num_steps)  # stops at the leaves: no student / DDP work here
+            per_step.extend(losses.detach().view(len(group), size))
         scale = acc.scaler.get_scale() if getattr(acc, "scaler", None) is not None else 1.0
         surrogate = (student_t5.float() * (leaf.grad.float() / scale)).sum()
+        if neg_leaf is not None:
+            surrogate = surrogate + (student_neg.float() * (neg_leaf.grad.float() / scale)).sum()
         if ctx.embedding_loss_weight:
             surrogate = surrogate + _aux_loss(ctx, student_t5, teacher)
         acc.backward(surrogate)

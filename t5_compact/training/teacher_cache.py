@@ -125,7 +125,10 @@ class TeacherCache:
         """Raise `TeacherCacheError` if metadata differs from `expected` or some prompts are not cached."""
         wrong = {k: (self.meta.get(k), v) for k, v in expected.items() if self.meta.get(k) != v}
         if wrong:
-            raise TeacherCacheError(f"{self.directory}: cache made for another setup (cached, wanted): {wrong}")
+            raise TeacherCacheError(
+                f"{self.directory}: teacher cache made for another setup (cached vs wanted: {wrong}); "
+                "rebuild it with `t5-compact cache-teacher` into another folder"
+            )
         missing = [p for p in prompts if p not in self]
         if missing:
             raise TeacherCacheError(
@@ -153,12 +156,22 @@ class TeacherCache:
         return TextEmbeds.cat(rows)
 
 
-def cache_meta(family: str, teacher: str, max_sequence_length: int, with_clip: bool, dtype: torch.dtype) -> dict:
-    """Metadata identifying what a cache holds (compared on reuse)."""
+def tokenizer_fingerprint(tokenizer) -> str:
+    """`<class>:<sha1 of the vocabulary>[:12]`: identifies the T5 tokenizer a cache's token ids came from."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return f"{type(tokenizer).__name__}:{hashlib.sha1(vocab.encode('utf-8')).hexdigest()[:12]}"
+
+
+def cache_meta(
+    family: str, teacher: str, max_sequence_length: int, with_clip: bool, dtype: torch.dtype, tokenizer: str
+) -> dict:
+    """Metadata identifying what a cache holds (compared on reuse and by training): pipeline family, teacher id and
+    dtype, T5 tokenizer fingerprint and token length, whether the CLIP parts are included."""
     return {
         "family": family,
         "teacher": teacher,
         "max_sequence_length": max_sequence_length,
         "with_clip": with_clip,
         "dtype": str(dtype).removeprefix("torch."),
+        "tokenizer": tokenizer,
     }

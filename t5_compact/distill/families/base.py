@@ -93,7 +93,14 @@ class FamilyAdapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The dtype the transformer computes in: its parameters' dtype, except under diffusers' layerwise casting
+        (`transformer_storage_dtype: float8_e4m3fn`), where 8-bit weights are upcast per layer to the dtype of the
+        modules it keeps (norms, embeddings)."""
+        params = self.transformer.parameters()
+        first = next(params).dtype
+        if first.itemsize > 1 or not first.is_floating_point:
+            return first
+        return next((p.dtype for p in params if p.dtype.itemsize > 1), torch.bfloat16)
 
     @property
     def uses_guidance_embedding(self) -> bool:
