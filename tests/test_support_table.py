@@ -9,11 +9,18 @@ from comfyui_nodes import logic
 from t5_compact.support import COMFYUI, UNTESTED_ROWS, render
 from t5_compact.tiny_pipelines import TINY_PIPELINES
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "supported_pipelines.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "supported_pipelines.md"
 
 
 def test_docs_table_is_the_rendered_one():
     assert DOC.read_text() == render(), "regenerate: python -m t5_compact.support > docs/supported_pipelines.md"
+
+
+def test_readme_shows_the_rendered_table():
+    rendered = render()
+    table = rendered[rendered.index("| diffusers pipeline") :].strip()
+    assert table in (ROOT / "README.md").read_text(), "paste the table of docs/supported_pipelines.md into README.md"
 
 
 def test_table_rows_are_the_tested_pipelines_and_every_comfyui_t5_only_type():
