@@ -236,7 +236,7 @@ def test_node_metadata() -> None:
 
 
 def test_root_init_imports_cleanly_outside_comfyui() -> None:
-    if importlib.util.find_spec("comfy") is not None:
+    if all(importlib.util.find_spec(name) is not None for name in ("comfy", "folder_paths")):
         pytest.skip("ComfyUI is importable here")
     name = "t5_compact_node_pack_under_test"
     spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
