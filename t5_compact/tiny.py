@@ -165,7 +165,8 @@ def tiny_compact_encoder(out_dim: int = TINY_WIDTH, seed: int = 0, **overrides) 
     return T5CompactEncoder(tiny_compact_config(out_dim, **overrides)).eval()
 
 
-def _tiny_vae(latent_channels: int):
+def tiny_vae(latent_channels: int):
+    """A one-block `AutoencoderKL` (scale factor 1), as diffusers' FLUX / SD3 / Chroma tests build it."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -206,7 +207,7 @@ def tiny_flux_components(guidance_embeds: bool = True, seed: int = 0) -> dict[st
     torch.manual_seed(seed)
     text_encoder_2 = tiny_teacher_t5()
     torch.manual_seed(seed)
-    vae = _tiny_vae(latent_channels=1)
+    vae = tiny_vae(latent_channels=1)
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
         "text_encoder": text_encoder.eval(),
@@ -245,7 +246,7 @@ def tiny_sd3_components(seed: int = 0) -> dict[str, object]:
     torch.manual_seed(seed)
     text_encoder_3 = tiny_teacher_t5()
     torch.manual_seed(seed)
-    vae = _tiny_vae(latent_channels=4)
+    vae = tiny_vae(latent_channels=4)
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
         "text_encoder": text_encoder.eval(),

@@ -11,26 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .tiny import TINY_WIDTH, tiny_clip_config, tiny_clip_tokenizer, tiny_t5_tokenizer, tiny_teacher_t5
-
-
-def _tiny_vae(latent_channels: int):
-    """A one-block `AutoencoderKL` (scale factor 1), as diffusers' FLUX / Chroma tests build it."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+from .tiny import TINY_WIDTH, tiny_clip_config, tiny_clip_tokenizer, tiny_t5_tokenizer, tiny_teacher_t5, tiny_vae
 
 
 def _t5_parts(seed: int) -> dict[str, object]:
@@ -66,7 +47,7 @@ def tiny_chroma(seed: int = 0):
         approximator_num_channels=16,
     )
     torch.manual_seed(seed)
-    vae = _tiny_vae(latent_channels=1)
+    vae = tiny_vae(latent_channels=1)
     return ChromaPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         transformer=transformer.eval(),
@@ -100,7 +81,7 @@ def tiny_pixart_sigma(seed: int = 0):
         norm_eps=1e-6,
     )
     torch.manual_seed(seed)
-    vae = _tiny_vae(latent_channels=4)
+    vae = tiny_vae(latent_channels=4)
     return PixArtSigmaPipeline(
         transformer=transformer.eval(), vae=vae.eval(), scheduler=DDIMScheduler(), **_t5_parts(seed)
     )
@@ -211,7 +192,7 @@ def tiny_hidream(seed: int = 0):
         llama_layers=(0, 1),
     )
     torch.manual_seed(seed)
-    vae = _tiny_vae(latent_channels=4)
+    vae = tiny_vae(latent_channels=4)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModelWithProjection(tiny_clip_config())
     torch.manual_seed(seed)
