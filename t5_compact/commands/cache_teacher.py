@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "Encode every prompt of a training config with the teacher T5 (+ CLIP for SD3) into a sharded cache."
+HELP = (
+    "Encode every prompt of a training config with the teacher T5 (+ CLIP for SD3) into a sharded cache; with "
+    "--trajectory_cache DIR --trajectories N also record the teacher's trajectories (under accelerate launch: in "
+    "parallel)."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_config_arguments(parser)
     parser.add_argument("--encode_batch_size", type=int, default=8, help="prompts per teacher forward pass")
+    parser.add_argument(
+        "--trajectory_batch_size", type=int, default=4, help="trajectories per transformer pass (with a cache)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,8 +30,14 @@ def main(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if not config.teacher_cache:
             raise ConfigError("set teacher_cache (the cache folder) in the config or with --teacher_cache")
-        from ..training.cache import build_teacher_cache
+        if args.encode_batch_size <= 0 or args.trajectory_batch_size <= 0:
+            raise ConfigError("--encode_batch_size and --trajectory_batch_size must be positive")
+        from ..training.cache import build_teacher_cache, build_trajectory_cache
 
+        if config.trajectory_cache:
+            added, total = build_trajectory_cache(config, batch_size=args.trajectory_batch_size)
+            print(f"{config.trajectory_cache}: {added} trajectory(ies) added, {total} cached")
+            return 0
         added, total = build_teacher_cache(config, encode_batch_size=args.encode_batch_size)
     except ConfigError as err:
         print(f"t5-compact cache-teacher: error: {err}", file=sys.stderr)

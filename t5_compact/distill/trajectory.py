@@ -53,6 +53,8 @@ def follow_teacher(
     width: int,
     guidance: torch.Tensor | float | None = None,
     negative: TextEmbeds | None = None,
+    recorded: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    always_uncond: bool = False,
 ) -> Generator[TeacherStep, None, torch.Tensor]:
     """Yield the teacher's trajectory from `latents` (pure noise) over the pipeline's `num_steps` timesteps.
 
@@ -61,6 +63,10 @@ def follow_teacher(
     For CFG families (`uses_cfg(adapter)`: SD3, Chroma, LTX) with `negative` (the teacher's encoding of "") and
     `guidance > 1`, the advance uses classifier-free guidance `v_u + g (v_c - v_u)` as their pipelines do; the
     yielded target stays the conditional `v_c` and `uncond_velocity` carries `v_u`.
+
+    `recorded` (a trajectory cache): the teacher's `(v_c, v_u)` per timestep, read instead of computed; the states
+    are rebuilt from `latents` with the same scheduler steps, so float32 records give the very same trajectory.
+    `always_uncond` computes `v_u` even where no sample is guided (`g <= 1`), for recording.
 
     Precision: the velocities are computed when the generator is resumed, under whatever autocast context the
     caller holds at that moment; callers resume it inside the same context as the student's pass (see `step.py`).
@@ -72,9 +78,15 @@ def follow_teacher(
     if use_cfg:
         g = cfg_scale(guidance, x.shape[0], x)
         use_cfg = bool((g > 1).any())
+    want_uncond = use_cfg or (always_uncond and uses_cfg(adapter) and negative is not None)
     for i, t in enumerate(timesteps):
-        v = adapter.velocity(x, t, teacher, guidance, height=height, width=width)
-        v_uncond = adapter.velocity(x, t, negative, height=height, width=width) if use_cfg else None
+        if recorded is not None:
+            v, v_uncond = recorded[i]
+            v = v.to(x.device, torch.float32)
+            v_uncond = v_uncond.to(x.device, torch.float32) if use_cfg else None
+        else:
+            v = adapter.velocity(x, t, teacher, guidance, height=height, width=width)
+            v_uncond = adapter.velocity(x, t, negative, height=height, width=width) if want_uncond else None
         yield TeacherStep(i, t, x, v, v_uncond)
         if use_cfg:
             v = torch.where(g > 1, v_uncond + g * (v - v_uncond), v)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .config import TrainConfig
 from .data import PromptSchedule, load_heldout, load_stages
 from .loop import _DTYPES, needs_clip, required_prompts
-from .models import load_components, pipeline_family
+from .models import load_components, pipeline_family, teacher_name
 from .teacher_cache import TeacherCache, cache_meta, tokenizer_fingerprint, write_teacher_cache
+from .trajectories import TrajectoryPool, trajectory_key, trajectory_seed
+from .trajectory_cache import (
+    STORAGE_DTYPES,
+    check_disk,
+    done_keys,
+    merge_indices,
+    trajectory_bytes,
+    write_trajectories,
+)
 
 
 def build_teacher_cache(config: TrainConfig, encode_batch_size: int = 8, device: str | None = None) -> tuple[int, int]:
@@ -49,3 +60,122 @@ def _exists(path: str) -> bool:
     from pathlib import Path
 
     return (Path(path) / "index.json").is_file()
+
+
+def trajectory_meta(config: TrainConfig, family: str, teacher: str) -> dict:
+    """What a trajectory cache's velocities depend on (compared on reuse and by training)."""
+    return {
+        "family": family,
+        "pretrained_model": config.pretrained_model,
+        "teacher": teacher,
+        "dtype": str(_DTYPES[config.mixed_precision]).removeprefix("torch."),
+        "transformer_storage_dtype": config.transformer_storage_dtype,
+        "storage": config.trajectory_dtype,
+        "num_inference_steps": config.num_inference_steps,
+        "trajectories": config.trajectories,
+        "seed": config.seed,
+        "guidance_values": config.guidance_values(),
+        "num_frames": config.num_frames,
+        "max_sequence_length": config.max_sequence_length,
+        "zero_pooled": config.zero_pooled,
+    }
+
+
+def pool_entries(config: TrainConfig, stages) -> list[tuple[str, int, int]]:
+    """Every (prompt, resolution, index) the run's trajectory pool holds: each stage's prompts at its resolution."""
+    by_resolution: dict[int, list[str]] = {}
+    for stage in stages:
+        by_resolution.setdefault(stage.resolution, []).extend(p for s in stage.sources for p in s.prompts)
+    return TrajectoryPool(config.trajectories, config.seed, config.guidance_values()).entries(by_resolution)
+
+
+def build_trajectory_cache(config: TrainConfig, batch_size: int = 4) -> tuple[int, int]:
+    """Record the teacher's trajectories of the run's pool (`trajectories` per prompt and stage resolution) into
+    `trajectory_cache`, after the embedding cache they read. Under `accelerate launch` every process writes its own
+    share of the entries; the main process merges the indices. Returns (added, total cached)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from ..distill import TextEmbeds, follow_teacher, uses_cfg
+    from .loop import _cpu_distributed
+    from .step import TeacherSource
+
+    stages = load_stages(config)
+    load_heldout(config, stages)  # held-out prompts are not trained on, so not pooled
+    family = pipeline_family(config.pretrained_model)
+    accelerator = Accelerator(cpu=_cpu_distributed(), mixed_precision=config.mixed_precision)
+    if accelerator.is_main_process:
+        build_teacher_cache(config, device=str(accelerator.device))
+    accelerator.wait_for_everyone()
+    embeddings = TeacherCache(config.teacher_cache)
+    parts = load_components(
+        config,
+        load_teacher=False,
+        need_clip=False,
+        device=accelerator.device,
+        weight_dtype=_DTYPES[config.mixed_precision],
+    )
+    adapter = parts.adapter
+    teacher = TeacherSource(parts.prompt_encoder, cache=embeddings, zero_pooled=config.zero_pooled)
+    negative = teacher([""], accelerator.device) if uses_cfg(adapter) else None
+    pool = TrajectoryPool(config.trajectories, config.seed, config.guidance_values())
+    meta = trajectory_meta(config, family, teacher_name(config, family))
+    directory = Path(config.trajectory_cache)
+    entries = pool_entries(config, stages)
+    done = done_keys(directory) if directory.is_dir() else set()
+    todo = [e for e in entries if trajectory_key(*e) not in done]
+    numel = {res: adapter.prepare_latents(1, res, res, device="cpu").numel() for res in {e[1] for e in todo}}
+    needed = sum(
+        trajectory_bytes(numel[res], config.num_inference_steps, config.trajectory_dtype, negative is not None)
+        for _, res, _ in todo
+    )
+    line = check_disk(directory, needed, len(todo))  # every process checks: none starts without the space
+    if accelerator.is_main_process:
+        print(line, flush=True)
+    mine = todo[accelerator.process_index :: accelerator.num_processes]
+    storage = STORAGE_DTYPES[config.trajectory_dtype]
+
+    def compute(chunk: list[tuple[str, int, int]]) -> dict:
+        prompts, res = [p for p, _, _ in chunk], chunk[0][1]
+        noise = torch.cat([pool.noise(adapter, p, r, j) for p, r, j in chunk]).to(accelerator.device)
+        guidance = [pool.guidance(p, r, j) for p, r, j in chunk]
+        neg = None if negative is None else TextEmbeds.cat([negative] * len(chunk))
+        steps = follow_teacher(
+            adapter,
+            teacher(prompts, accelerator.device),
+            noise,
+            num_steps=config.num_inference_steps,
+            height=res,
+            width=res,
+            guidance=torch.tensor(guidance, device=accelerator.device),
+            negative=neg,
+            always_uncond=True,
+        )
+        velocity, uncond = [], []
+        with accelerator.autocast():  # the precision context training runs the teacher in
+            for point in steps:
+                velocity.append(point.velocity.to(storage))
+                if point.uncond_velocity is not None:
+                    uncond.append(point.uncond_velocity.to(storage))
+        out = {"noise": noise.float(), "velocity": torch.stack(velocity, dim=1)}
+        if uncond:
+            out["uncond_velocity"] = torch.stack(uncond, dim=1)
+        seeds = [trajectory_seed(config.seed, p, r, j) for p, r, j in chunk]
+        return out | {"seed": seeds, "guidance": guidance}
+
+    bar = tqdm(total=len(mine), desc=f"trajectories (process {accelerator.process_index})")
+    added = write_trajectories(
+        directory,
+        mine,
+        compute,
+        meta,
+        rank=accelerator.process_index,
+        batch_size=batch_size,
+        shard_size=config.cache_shard_size,
+        progress=bar.update,
+    )
+    bar.close()
+    accelerator.wait_for_everyone()
+    total = merge_indices(directory, meta) if accelerator.is_main_process else len(entries)
+    accelerator.wait_for_everyone()
+    return added, total

@@ -67,6 +67,9 @@ class TrainConfig:
     heldout_count: int = 8  # held-out prompts per category
     teacher_cache: str | None = None  # folder written by cache-teacher
     cache_shard_size: int = 1024
+    trajectories: int = 0  # 0: fresh noise every step (paper); N: a pool of N trajectories per prompt, reused
+    trajectory_cache: str | None = None  # folder of the pool's teacher velocities (cache-teacher); needs trajectories
+    trajectory_dtype: str = "bfloat16"  # storage of the cached velocities: bfloat16 | float32
     # scale and precision
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False  # of the frozen transformer
@@ -117,6 +120,7 @@ _CHOICES = {
     "lr_scheduler": ("constant", "constant_with_warmup", "cosine", "linear"),
     "mixed_precision": ("no", "bf16", "fp16"),
     "report_to": ("tensorboard", "none"),
+    "trajectory_dtype": ("bfloat16", "float32"),
 }
 # Numeric keys that must be > 0 (None allowed where the type is optional) and >= 0.
 _POSITIVE = (
@@ -139,6 +143,7 @@ _NON_NEGATIVE = (
     "timesteps_per_pass",
     "embedding_loss_weight",
     "cpu_threads",
+    "trajectories",
     "validation_steps",
     "validation_images_steps",
     "seed",
@@ -280,7 +285,12 @@ def _validate(config: TrainConfig) -> None:
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f"config key {name!r} must be in [0, 1), got {getattr(config, name)!r}")
-    for name in ("output_dir", "teacher_cache"):
+    if config.trajectory_cache:
+        if config.trajectories <= 0:
+            raise ConfigError("trajectory_cache needs trajectories: N (the pool size the cache holds per prompt)")
+        if not config.teacher_cache:  # the embeddings the student's pass still needs (CLIP parts, masks, held-out)
+            config.teacher_cache = str(Path(config.trajectory_cache) / "embeddings")
+    for name in ("output_dir", "teacher_cache", "trajectory_cache"):
         folder = getattr(config, name)
         if folder and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
             raise ConfigError(f"{name} {folder}: exists and is not a folder")

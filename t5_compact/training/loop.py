@@ -19,6 +19,8 @@ from .info import heldout_record, null_student, write_training_info
 from .models import build_student, load_components, pipeline_family, teacher_name
 from .step import StepContext, TeacherSource, train_step
 from .teacher_cache import TeacherCache, tokenizer_fingerprint
+from .trajectories import TrajectoryPool
+from .trajectory_cache import TrajectoryCache
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,6 +103,14 @@ def train(config: TrainConfig) -> Path:
         if needs_clip(family, config):
             expected["with_clip"] = True
         cache.check(expected, required_prompts(schedule, heldout_prompts, config, family))
+    pool = TrajectoryPool(config.trajectories, config.seed, config.guidance_values()) if config.trajectories else None
+    trajectories = TrajectoryCache(config.trajectory_cache) if config.trajectory_cache else None
+    if trajectories is not None:
+        from .cache import pool_entries, trajectory_meta
+
+        expected = trajectory_meta(config, family, teacher_name(config, family))
+        expected.pop("storage")  # bf16 or float32 records: training reads either
+        trajectories.check(expected, pool_entries(config, stages))
     resume_from = resolve_resume(config.resume, config.output_dir)
     output_dir = Path(config.output_dir)
 
@@ -177,6 +187,8 @@ def train(config: TrainConfig) -> Path:
         timesteps_per_pass=config.timesteps_per_pass,
         negative_ids=negative_ids,
         uncond_loss=config.uncond_loss,
+        pool=pool,
+        trajectory_cache=trajectories,
     )
     categories = sorted({s.category for st in stages for s in st.sources})
     history_path = output_dir / "heldout.json"

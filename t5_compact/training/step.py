@@ -11,6 +11,8 @@ from ..distill import FamilyAdapter, PromptEncoder, TextEmbeds, follow_teacher, 
 from ..distill.trajectory import cfg_scale
 from .data import Batch, step_generator, step_seed
 from .teacher_cache import TeacherCache
+from .trajectories import TrajectoryPool
+from .trajectory_cache import TrajectoryCache
 
 
 class TeacherSource:
@@ -72,6 +74,29 @@ class StepContext:
     timesteps_per_pass: int = 1  # trajectory mode: timesteps scored per batched pass (0: all at once)
     negative_ids: torch.Tensor | None = None  # the student's token ids of "" `[1, L]` (with `negative`)
     uncond_loss: str = "both"  # CFG families: both | guided | none (see TrainConfig.uncond_loss)
+    pool: TrajectoryPool | None = None  # `trajectories: N`: noise and guidance of the sample's pooled trajectory
+    trajectory_cache: TrajectoryCache | None = None  # the pool's recorded teacher velocities (no teacher passes)
+
+
+def _start(ctx: StepContext, batch: Batch, rank: int, device) -> tuple[torch.Tensor, object, list | None]:
+    """(initial latents, guidance, recorded teacher velocities or None) of the batch: fresh seeded noise and the
+    batch's guidance, or each sample's pooled trajectory (its noise and guidance; its velocities from the cache)."""
+    size, res = len(batch.prompts), batch.resolution
+    if ctx.pool is None:
+        gen = step_generator(ctx.seed, batch.step, rank, stream=1)
+        return (
+            ctx.adapter.prepare_latents(size, res, res, generator=gen, device="cpu").to(device),
+            batch.guidance,
+            None,
+        )
+    picks = ctx.pool.picks(batch, rank)
+    if ctx.trajectory_cache is not None:
+        noise, guidance, recorded = ctx.trajectory_cache.get(batch.prompts, res, picks)
+    else:
+        noise = torch.cat([ctx.pool.noise(ctx.adapter, p, res, j) for p, j in zip(batch.prompts, picks, strict=True)])
+        guidance = [ctx.pool.guidance(p, res, j) for p, j in zip(batch.prompts, picks, strict=True)]
+        recorded = None
+    return noise.to(device), torch.tensor(guidance, dtype=torch.float32, device=device), recorded
 
 
 def _repeat_guidance(guidance, size: int, times: int):
@@ -128,7 +153,9 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
     at a time), accumulates their gradients at the embedding and updates once. Any batch size works (latents are
     drawn for `len(batch.prompts)`). The teacher's velocities run under the same autocast context as the student's
     pass, so a student reproducing the teacher's embedding scores exactly 0 whatever `mixed_precision` is. For
-    classifier-free-guidance families the negative-prompt ("") branch is distilled as `uncond_loss` says."""
+    classifier-free-guidance families the negative-prompt ("") branch is distilled as `uncond_loss` says. With a
+    trajectory pool (`ctx.pool`) each sample follows its pooled trajectory, read from `ctx.trajectory_cache` (no
+    teacher transformer pass at all) when there is one."""
     acc, adapter = ctx.accelerator, ctx.adapter
     device = acc.device
     torch.manual_seed(step_seed(ctx.seed, batch.step, rank, stream=2))  # dropout: a function of the step
@@ -136,17 +163,17 @@ def train_step(ctx: StepContext, batch: Batch, rank: int = 0) -> StepResult:
     teacher = ctx.teacher(batch.prompts, device)
     ids = ctx.encoder.tokenize(batch.prompts).to(device)
     res = batch.resolution
-    noise_gen = step_generator(ctx.seed, batch.step, rank, stream=1)
-    latents = adapter.prepare_latents(size, res, res, generator=noise_gen, device="cpu").to(device)
+    latents, guidance, recorded = _start(ctx, batch, rank, device)
     negative = None
     if ctx.negative is not None:
         negative = TextEmbeds.cat([ctx.negative.to(device)] * size)
-    kwargs = dict(num_steps=ctx.num_steps, height=res, width=res, guidance=batch.guidance, negative=negative)
+    kwargs = dict(
+        num_steps=ctx.num_steps, height=res, width=res, guidance=guidance, negative=negative, recorded=recorded
+    )
     per_step, norms = [], []
     ctx.student.train()
     params = list(ctx.student.parameters())  # built once per batch, not at every update
     with_negative = negative is not None and ctx.negative_ids is not None and ctx.uncond_loss != "none"
-    guidance = batch.guidance
     if ctx.optimizer_step == "timestep":
         steps = follow_teacher(adapter, teacher, latents, **kwargs)
         while True:
