@@ -11,7 +11,7 @@ from .data import PromptSchedule, load_heldout, load_stages
 from .loop import _DTYPES, needs_clip, required_prompts
 from .models import load_components, pipeline_family, teacher_name
 from .teacher_cache import TeacherCache, cache_meta, tokenizer_fingerprint, write_teacher_cache
-from .trajectories import TrajectoryPool, trajectory_key, trajectory_seed
+from .trajectories import TrajectoryPool, record_trajectories, trajectory_key
 from .trajectory_cache import (
     STORAGE_DTYPES,
     check_disk,
@@ -96,7 +96,7 @@ def build_trajectory_cache(config: TrainConfig, batch_size: int = 4) -> tuple[in
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from ..distill import TextEmbeds, follow_teacher, uses_cfg
+    from ..distill import uses_cfg
     from .loop import _cpu_distributed
     from .step import TeacherSource
 
@@ -136,32 +136,10 @@ def build_trajectory_cache(config: TrainConfig, batch_size: int = 4) -> tuple[in
     storage = STORAGE_DTYPES[config.trajectory_dtype]
 
     def compute(chunk: list[tuple[str, int, int]]) -> dict:
-        prompts, res = [p for p, _, _ in chunk], chunk[0][1]
-        noise = torch.cat([pool.noise(adapter, p, r, j) for p, r, j in chunk]).to(accelerator.device)
-        guidance = [pool.guidance(p, r, j) for p, r, j in chunk]
-        neg = None if negative is None else TextEmbeds.cat([negative] * len(chunk))
-        steps = follow_teacher(
-            adapter,
-            teacher(prompts, accelerator.device),
-            noise,
-            num_steps=config.num_inference_steps,
-            height=res,
-            width=res,
-            guidance=torch.tensor(guidance, device=accelerator.device),
-            negative=neg,
-            always_uncond=True,
-        )
-        velocity, uncond = [], []
         with accelerator.autocast():  # the precision context training runs the teacher in
-            for point in steps:
-                velocity.append(point.velocity.to(storage))
-                if point.uncond_velocity is not None:
-                    uncond.append(point.uncond_velocity.to(storage))
-        out = {"noise": noise.float(), "velocity": torch.stack(velocity, dim=1)}
-        if uncond:
-            out["uncond_velocity"] = torch.stack(uncond, dim=1)
-        seeds = [trajectory_seed(config.seed, p, r, j) for p, r, j in chunk]
-        return out | {"seed": seeds, "guidance": guidance}
+            return record_trajectories(
+                adapter, teacher, negative, pool, chunk, config.num_inference_steps, storage, accelerator.device
+            )
 
     bar = tqdm(total=len(mine), desc=f"trajectories (process {accelerator.process_index})")
     added = write_trajectories(

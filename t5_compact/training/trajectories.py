@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distill import FamilyAdapter
+from ..distill import FamilyAdapter, TextEmbeds, follow_teacher
 from .data import Batch, step_generator
 from .teacher_cache import prompt_key
 
@@ -60,3 +60,44 @@ class TrajectoryPool:
             for prompt in dict.fromkeys(prompts)
             for j in range(self.size)
         ]
+
+
+@torch.no_grad()
+def record_trajectories(
+    adapter: FamilyAdapter,
+    teacher,
+    negative: TextEmbeds | None,
+    pool: TrajectoryPool,
+    chunk: Sequence[tuple[str, int, int]],
+    num_steps: int,
+    storage: torch.dtype,
+    device,
+) -> dict:
+    """Run the teacher along the trajectories `chunk` (prompt, resolution, index; one resolution) in one batch:
+    `noise` (float32), `velocity` and, for CFG families, `uncond_velocity` `[n, num_steps, ...]` in `storage`, plus
+    the `seed` and `guidance` lists. `teacher(prompts, device)` gives the conditioning (a `TeacherSource`);
+    `negative` is the teacher's encoding of "" (CFG families) or None. Runs in the caller's autocast context."""
+    prompts, res = [p for p, _, _ in chunk], chunk[0][1]
+    noise = torch.cat([pool.noise(adapter, p, r, j) for p, r, j in chunk]).to(device)
+    guidance = [pool.guidance(p, r, j) for p, r, j in chunk]
+    steps = follow_teacher(
+        adapter,
+        teacher(prompts, device),
+        noise,
+        num_steps=num_steps,
+        height=res,
+        width=res,
+        guidance=torch.tensor(guidance, device=device),
+        negative=None if negative is None else TextEmbeds.cat([negative] * len(chunk)),
+        always_uncond=True,
+    )
+    velocity, uncond = [], []
+    for point in steps:
+        velocity.append(point.velocity.to(storage))
+        if point.uncond_velocity is not None:
+            uncond.append(point.uncond_velocity.to(storage))
+    out = {"noise": noise.float(), "velocity": torch.stack(velocity, dim=1)}
+    if uncond:
+        out["uncond_velocity"] = torch.stack(uncond, dim=1)
+    seeds = [trajectory_seed(pool.seed, p, r, j) for p, r, j in chunk]
+    return out | {"seed": seeds, "guidance": guidance}
