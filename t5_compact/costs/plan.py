@@ -7,16 +7,18 @@ from `flops.count_update` (FlopCounterMode on the meta device). Everything print
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 
+from ..distill import family_class
 from ..training.config import ConfigError, TrainConfig
 from .flops import count_update
 from .memory import GiB, MemoryEstimate, estimate_update_memory, storage_bytes
 from .models import RunSpec, build_models, spec_from_config
-from .update import UpdateShape
+from .update import UpdateShape, adapter_for
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HEADROOM = 1.0 * GiB  # CUDA context + allocator fragmentation, added before comparing with --gpu-memory
@@ -43,6 +45,7 @@ class Plan:
     flops: dict[int, dict[str, int]]  # resolution -> {variant: FLOPs per update}
     fp8_saving: int = 0
     cache_bytes: int = 0  # teacher-cache bytes read per trajectory (bf16)
+    trajectory_bytes: dict[int, int] = field(default_factory=dict)  # resolution -> disk bytes of one trajectory
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -51,6 +54,8 @@ class Plan:
 
 
 def _variant(config: TrainConfig) -> str:
+    if config.trajectory_cache:
+        return "trajectory_cache"
     return "embedding_cache" if config.teacher_cache else "reference"
 
 
@@ -115,9 +120,20 @@ def make_plan(config: TrainConfig) -> Plan:
         row += 77 * cfg.pooled_projection_dim + cfg.pooled_projection_dim  # CLIP-L/G hidden states + pooled
     cache_bytes = config.train_batch_size * row * 2 if config.teacher_cache else 0
     notes = list(spec.notes)
+    trajectory_bytes = {}
+    if config.trajectories:
+        from ..training.trajectory_cache import trajectory_bytes as one_trajectory
+
+        adapter = adapter_for(models, vae)
+        for res in resolutions:
+            numel = math.prod(adapter.latent_shape(1, res, res))
+            with_uncond = family_class(spec.family).uses_cfg
+            trajectory_bytes[res] = one_trajectory(
+                numel, config.num_inference_steps, config.trajectory_dtype, with_uncond
+            )
     if config.optimizer_step == "trajectory":
         notes.append(f"optimizer_step trajectory: transformer passes of {_shape(config, top).batch} latents")
-    return Plan(config, spec, variant, top, memory, flops, fp8_saving, cache_bytes, notes)
+    return Plan(config, spec, variant, top, memory, flops, fp8_saving, cache_bytes, trajectory_bytes, notes)
 
 
 def _gib(n: int) -> str:
@@ -129,7 +145,11 @@ def _gib(n: int) -> str:
 def render(plan: Plan, gpu_memory: int | None = None) -> str:
     """The plan as text (every figure is an estimate; the tools that produced it are named)."""
     c, m = plan.config, plan.memory[plan.config.gradient_checkpointing]
-    loop = {"reference": "teacher on the fly (T5-XXL loaded)", "embedding_cache": "embedding cache (no T5-XXL)"}
+    loop = {
+        "reference": "teacher on the fly (T5-XXL loaded)",
+        "embedding_cache": "embedding cache (no T5-XXL)",
+        "trajectory_cache": f"trajectory cache ({c.trajectories} per prompt: no teacher pass, no T5-XXL)",
+    }
     lines = [
         f"t5-compact train --plan: {c.pretrained_model} ({plan.spec.family}), student {c.init_from or c.student_size}",
         f"  loop: {loop[plan.variant]}, batch {c.train_batch_size}/process, {c.max_sequence_length} tokens, "
@@ -156,6 +176,11 @@ def render(plan: Plan, gpu_memory: int | None = None) -> str:
     lines += [f"  note: {n}" for n in m.notes + plan.notes]
     if plan.cache_bytes:
         lines.append(f"  cache reads: {plan.cache_bytes / 2**20:.2f} MiB of teacher embeddings per trajectory (bf16)")
+    for res, size in plan.trajectory_bytes.items():
+        lines.append(
+            f"  trajectory cache: {size / 1e6:.2f} MB per trajectory at {res} px ({c.trajectory_dtype} velocities), "
+            f"x {c.trajectories} per prompt of that stage"
+        )
     lines.append("  FLOPs per optimizer update (TFLOP, x reference loop):")
     for res, counts in plan.flops.items():
         ref = counts["reference"]
