@@ -89,9 +89,10 @@ def test_sd3_trajectory_matches_pipeline_latents(dynamic_shift, guidance):
         generator=torch.Generator().manual_seed(5),
         output_type="latent",
     ).images
-    # The pipeline runs [uncond, cond] as one batch of 2B, we run two passes of B: fp32 rounding differs, and CFG
-    # (x5) amplifies it in proportion to the values (measured 2.8e-5 absolute, 1.7e-5 relative, at |x| ~ 1.6).
-    torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=2e-5)
+    # The pipeline runs [uncond, cond] as one batch of 2B, we run two passes of B: fp32 rounding differs with the
+    # batch shape (how depends on the CPU's kernels), and CFG (x5) amplifies it over the steps. Measured worst
+    # element: 2.8e-5 on one Xeon, 6.2e-5 (2 of 6144 elements) on another; a wrong shift, sign or scale is ~1e-1.
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_sd3_joint_embeds_match_encode_prompt():
