@@ -1,7 +1,9 @@
 """Time to quality: held-out fidelity against wall-clock and FLOPs for each training loop, on a proxy model whose
 FLOP split matches FLUX.1-dev at 512 px.
 
-    python benchmarks/train_bench.py [--rounds 8] [--per-round 4] [--threads 2] [--out docs/results/train_bench]
+    python benchmarks/train_bench.py [--rounds 8] [--per-round 4] [--seed 0] [--out docs/results/train_bench/seed-0]
+    python benchmarks/train_bench.py --summarize docs/results/train_bench/seed-*/train_bench.json \
+        --out docs/results/train_bench          # summary.md: median and range over the seeds
 
 Proxy (CPU, random weights): a FLUX-dev-style transformer (6 blocks, width 128, 256 image + 16 text tokens), a
 T5 teacher and CLIP sized so that, per reference update as counted by `FlopCounterMode` (printed first), text
@@ -48,12 +50,12 @@ from t5_compact.distill import (
     vision_loss,
 )
 from t5_compact.tiny import (
-    TINY_T5_VOCAB,
     strengthen_text_pathway,
     tiny_clip_config,
     tiny_clip_tokenizer,
     tiny_compact_encoder,
     tiny_t5_tokenizer,
+    tiny_teacher_t5,
 )
 from t5_compact.training.data import PromptSchedule, Source, Stage, step_generator
 from t5_compact.training.models import FLUX_SCHEDULER
@@ -85,7 +87,7 @@ def prompts() -> tuple[list[str], dict[str, list[str]]]:
 def build_proxy(seed: int = 0) -> dict:
     """Transformer, teacher T5, CLIP, tokenizers, adapter and prompt encoder of the proxy."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -102,23 +104,7 @@ def build_proxy(seed: int = 0) -> dict:
     )
     strengthen_text_pathway(transformer).eval().requires_grad_(False)
     torch.manual_seed(seed)
-    teacher = T5EncoderModel(
-        T5Config(
-            vocab_size=TINY_T5_VOCAB,
-            d_model=WIDTH,
-            d_kv=16,
-            d_ff=512,
-            num_heads=4,
-            num_layers=8,
-            feed_forward_proj="gated-gelu",
-            is_encoder_decoder=False,
-            use_cache=False,
-        )
-    )
-    with torch.no_grad():
-        teacher.shared.weight.sub_(teacher.shared.weight.mean(dim=0, keepdim=True))
-        teacher.encoder.final_layer_norm.weight.mul_(3.0)
-    teacher.eval().requires_grad_(False)
+    teacher = tiny_teacher_t5(WIDTH, d_kv=16, d_ff=512, num_layers=8).requires_grad_(False)
     torch.manual_seed(seed)
     clip = CLIPTextModel(tiny_clip_config()).eval().requires_grad_(False)
     adapter = make_adapter("flux", transformer, FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae_scale_factor=1)
@@ -126,8 +112,8 @@ def build_proxy(seed: int = 0) -> dict:
     return {"transformer": transformer, "teacher": teacher, "clip": clip, "adapter": adapter, "encoder": encoder}
 
 
-def new_student() -> torch.nn.Module:
-    return tiny_compact_encoder(out_dim=WIDTH, seed=1).train()
+def new_student(seed: int = 0) -> torch.nn.Module:
+    return tiny_compact_encoder(out_dim=WIDTH, seed=1 + seed).train()
 
 
 def flop_split(proxy: dict) -> dict:
@@ -170,14 +156,14 @@ class Reference:
     """The paper's loop, literally (REFERENCE.md section 2): every timestep re-encodes the prompt with the teacher,
     CLIP and the student in separate passes, then teacher forward, student forward + backward, update."""
 
-    def __init__(self, proxy: dict):
-        self.proxy, self.student = proxy, new_student()
+    def __init__(self, proxy: dict, seed: int = 0):
+        self.proxy, self.student, self.seed = proxy, new_student(seed), seed
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=LR, weight_decay=1e-3)
 
     def run(self, batch) -> None:
         adapter, encoder = self.proxy["adapter"], self.proxy["encoder"]
         size = len(batch.prompts)
-        latents = adapter.prepare_latents(size, RES, RES, generator=step_generator(0, batch.step, stream=1))
+        latents = adapter.prepare_latents(size, RES, RES, generator=step_generator(self.seed, batch.step, stream=1))
         scheduler = adapter.new_scheduler()
         for t in adapter.set_timesteps(scheduler, STEPS, RES, RES):
             ids = encoder.tokenize(batch.prompts)
@@ -196,8 +182,8 @@ class Reference:
 class Ours:
     """`train_step` as `t5-compact train` runs it, with the given teacher source and trajectory pool / cache."""
 
-    def __init__(self, proxy: dict, teacher: TeacherSource, pool=None, cache=None):
-        self.student = new_student()
+    def __init__(self, proxy: dict, teacher: TeacherSource, seed: int = 0, pool=None, cache=None):
+        self.student = new_student(seed)
         optimizer = torch.optim.AdamW(self.student.parameters(), lr=LR, weight_decay=1e-3)
         self.ctx = StepContext(
             NoAccelerator(),
@@ -208,6 +194,7 @@ class Ours:
             optimizer,
             torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
             num_steps=STEPS,
+            seed=seed,
             pool=pool,
             trajectory_cache=cache,
         )
@@ -216,11 +203,10 @@ class Ours:
         train_step(self.ctx, batch)
 
 
-def record_pool(proxy: dict, teacher: TeacherSource, size: int, train: list[str], folder: Path) -> float:
-    """Record a pool of `size` trajectories per training prompt (fp32); returns the seconds it took."""
-    pool = TrajectoryPool(size, 0, GUIDANCE)
+def record_pool(proxy: dict, teacher: TeacherSource, pool: TrajectoryPool, train: list[str], folder: Path) -> float:
+    """Record `pool` for every training prompt (fp32); returns the seconds it took."""
     entries = pool.entries({RES: train})
-    meta = {"bench": size}
+    meta = {"bench": pool.size}
     start = time.perf_counter()
     write_trajectories(
         folder,
@@ -257,7 +243,9 @@ def run(args) -> dict:
     )
     train, heldout_prompts = prompts()
     encoder, teacher_t5 = proxy["encoder"], proxy["teacher"]
-    schedule = PromptSchedule([Stage("bench", [Source("objects", train)], 10**6, RES)], BATCH, GUIDANCE, seed=0)
+    schedule = PromptSchedule(
+        [Stage("bench", [Source("objects", train)], 10**6, RES)], BATCH, GUIDANCE, seed=args.seed
+    )
     total = args.rounds * args.per_round
     batches = [schedule.batch(i) for i in range(total)]
     tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
@@ -279,16 +267,18 @@ def run(args) -> dict:
     )
     record_seconds = {}
     variants = {
-        "reference": Reference(proxy),
-        "on_the_fly": Ours(proxy, TeacherSource(encoder, teacher_t5, zero_pooled=True)),
-        "embedding_cache": Ours(proxy, cached),
+        "reference": Reference(proxy, args.seed),
+        "on_the_fly": Ours(proxy, TeacherSource(encoder, teacher_t5, zero_pooled=True), args.seed),
+        "embedding_cache": Ours(proxy, cached, args.seed),
     }
     for size in args.pools:
-        record_seconds[size] = record_pool(proxy, cached, size, train, tmp / f"pool{size}")
-        pool = TrajectoryPool(size, 0, GUIDANCE)
-        variants[f"pool {size}"] = Ours(proxy, cached, pool, TrajectoryCache(tmp / f"pool{size}"))
+        pool = TrajectoryPool(size, args.seed, GUIDANCE)
+        record_seconds[size] = record_pool(proxy, cached, pool, train, tmp / f"pool{size}")
+        variants[f"pool {size}"] = Ours(proxy, cached, args.seed, pool, TrajectoryCache(tmp / f"pool{size}"))
     largest = max(args.pools)
-    variants[f"pool {largest}, on the fly"] = Ours(proxy, cached, TrajectoryPool(largest, 0, GUIDANCE))
+    variants[f"pool {largest}, on the fly"] = Ours(
+        proxy, cached, args.seed, TrajectoryPool(largest, args.seed, GUIDANCE)
+    )
     names = list(variants)
     start_quality = evaluate(proxy, variants["reference"].student, heldout, null_loss)
     curves = {n: [{"trajectories": 0, "seconds": 0.0, **start_quality}] for n in names}
@@ -353,6 +343,7 @@ def report(args, flops, null_loss, record_seconds, curves, chunk_seconds) -> dic
             "steps": STEPS,
             "resolution": RES,
             "threads": args.threads,
+            "seed": args.seed,
             "training_prompts": 16,
             "null_L_vision": null_loss,
         },
@@ -399,6 +390,36 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarize(results: list[dict]) -> str:
+    """One table over several seeds' results: the median and range of each figure; "reached" counts the seeds in
+    which a loop reached that seed's reference final fidelity (the median treats a miss as never)."""
+    seeds = [r["setup"].get("seed", 0) for r in results]
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}: median (min–max) over the seeds.",
+        "",
+        "| loop | s / trajectory | final fidelity | time to ref. quality (reached) | with recording |",
+        "|---|---|---|---|---|",
+    ]
+
+    def stats(values, fmt):
+        finite = sorted(v if v is not None else float("inf") for v in values)
+        med = statistics.median(finite)
+        cell = "not reached" if med == float("inf") else fmt(med)
+        known = [v for v in finite if v != float("inf")]
+        return f"{cell} ({fmt(known[0])}–{fmt(known[-1])})" if len(known) > 1 else cell
+
+    for name in results[0]["variants"]:
+        rows = [r["variants"][name] for r in results]
+        reached = f"({sum(row['time_to_reference_quality'] is not None for row in rows)}/{len(rows)})"
+        lines.append(
+            f"| {name} | {stats([x['median_s_per_trajectory'] for x in rows], lambda v: f'{v:.2f} s')} "
+            f"| {stats([x['final_fidelity'] for x in rows], lambda v: f'{v:.3f}')} "
+            f"| {stats([x['time_to_reference_quality'] for x in rows], lambda v: f'{v:.2f}×')} {reached} "
+            f"| {stats([x['time_to_reference_quality_with_recording'] for x in rows], lambda v: f'{v:.2f}×')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -428,8 +449,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=4, help="trajectories per variant per round")
     parser.add_argument("--pools", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("docs/results/train_bench"))
+    parser.add_argument("--seed", type=int, default=0, help="student init, batches, noise, dropout and pools")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/train_bench/seed-0"))
+    parser.add_argument(
+        "--summarize", type=Path, nargs="+", help="train_bench.json files of several seeds: write summary.md to --out"
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        table = summarize([json.loads(path.read_text()) for path in args.summarize])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "summary.md").write_text(table)
+        print(table)
+        return 0
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_bench.json").write_text(json.dumps(result, indent=1))

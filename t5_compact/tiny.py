@@ -101,19 +101,18 @@ def tiny_clip_config(projection_dim: int = TINY_WIDTH) -> CLIPTextConfig:
     )
 
 
-def tiny_teacher_t5(width: int = TINY_WIDTH) -> T5EncoderModel:
+def tiny_teacher_t5(width: int = TINY_WIDTH, **overrides) -> T5EncoderModel:
     """A random stand-in for the T5-XXL teacher: a 2-layer T5 encoder whose output width is `width`, with centred
-    token embeddings and a larger final-norm gain (`TEXT_PATHWAY`, module docstring)."""
+    token embeddings and a larger final-norm gain (`TEXT_PATHWAY`, module docstring). `overrides`: other T5Config
+    fields (`num_layers`, `d_ff`, ...)."""
+    fields = dict(d_kv=8, d_ff=64, num_heads=4, num_layers=2) | overrides
     config = T5Config(
         vocab_size=TINY_T5_VOCAB,
         d_model=width,
-        d_kv=8,
-        d_ff=64,
-        num_heads=4,
-        num_layers=2,
         feed_forward_proj="gated-gelu",
         is_encoder_decoder=False,
         use_cache=False,
+        **fields,
     )
     model = T5EncoderModel(config)
     with torch.no_grad():

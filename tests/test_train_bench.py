@@ -42,3 +42,7 @@ def test_one_round_writes_json_markdown_and_plot(bench, tmp_path):
     table = (tmp_path / "train_bench.md").read_text()
     assert table.count("\n| ") == 1 + len(names) and "Noise floor" in table
     assert (tmp_path / "train_bench.png").stat().st_size > 0
+    report = str(tmp_path / "train_bench.json")
+    assert bench["main"](["--summarize", report, report, "--out", str(tmp_path / "all")]) == 0
+    summary = (tmp_path / "all" / "summary.md").read_text()
+    assert summary.startswith("Seeds 0, 0:") and "| pool 1 |" in summary and "(2/2)" in summary

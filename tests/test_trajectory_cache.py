@@ -98,6 +98,9 @@ def test_training_from_trajectory_cache_is_bit_identical_to_on_the_fly(tmp_path,
     assert _losses(tmp_path / "fly") == _losses(tmp_path / "cached")
     fly, cached = _weights(tmp_path / "fly"), _weights(tmp_path / "cached")
     assert all(torch.equal(fly[k], cached[k]) for k in fly)
+    info = json.loads((tmp_path / "cached" / "student" / "training_info.json").read_text())
+    assert (info["trajectories"], info["trajectory_cache"]) == (2, True)
+    assert info["uncond_loss"] == (None if family == "flux" else "both")
     start = _weights_start(tmp_path, config)
     assert any(not torch.equal(fly[k], start[k]) for k in fly)  # it trained
 

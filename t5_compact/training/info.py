@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..distill import NullStudent, mean_embedding, prompt_fidelity
+from ..distill import NullStudent, family_class, mean_embedding, prompt_fidelity
 from .config import TrainConfig
 from .data import Stage
 
@@ -86,7 +86,9 @@ def write_training_info(
         ],
         "init_from": config.init_from,
         "optimizer_step": config.optimizer_step,
-        "uncond_loss": config.uncond_loss if family == "sd3" else None,
+        "uncond_loss": config.uncond_loss if family_class(family).uses_cfg else None,
+        "trajectories": config.trajectories,  # 0: fresh noise every step; N: a pool of N per prompt
+        "trajectory_cache": bool(config.trajectory_cache),
         "mixed_precision": config.mixed_precision,
         "zero_pooled": config.zero_pooled,
         "seed": config.seed,
