@@ -200,7 +200,12 @@ def test_training_refuses_a_cache_for_another_setup(tmp_path, capsys):
         _reset()
         assert code == 2 and expected in capsys.readouterr().err
     code = cli_main(["train", "--config", config, "--trajectory_cache", str(cache), "--trajectories", "0"])
-    assert code == 2 and "trajectory_cache needs trajectories" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "trajectory_cache needs trajectories" in err and "got 0" in err and str(cache) in err
+    code = cli_main(
+        ["cache-teacher", "--config", config, "--trajectory_cache", str(cache), "--trajectory_batch_size", "0"]
+    )
+    assert code == 2 and "--trajectory_batch_size must be a positive number" in capsys.readouterr().err
 
 
 def test_two_processes_write_their_own_shards_and_one_index(tmp_path):

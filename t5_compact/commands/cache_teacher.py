@@ -30,8 +30,9 @@ def main(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if not config.teacher_cache:
             raise ConfigError("set teacher_cache (the cache folder) in the config or with --teacher_cache")
-        if args.encode_batch_size <= 0 or args.trajectory_batch_size <= 0:
-            raise ConfigError("--encode_batch_size and --trajectory_batch_size must be positive")
+        for flag in ("encode_batch_size", "trajectory_batch_size"):
+            if getattr(args, flag) <= 0:
+                raise ConfigError(f"--{flag} must be a positive number of items per pass, got {getattr(args, flag)}")
         from ..training.cache import build_teacher_cache, build_trajectory_cache
 
         if config.trajectory_cache:

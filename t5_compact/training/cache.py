@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -63,14 +64,14 @@ def _exists(path: str) -> bool:
 
 
 def trajectory_meta(config: TrainConfig, family: str, teacher: str) -> dict:
-    """What a trajectory cache's velocities depend on (compared on reuse and by training)."""
+    """What a trajectory cache's velocities depend on (compared by training; `cache-teacher` adds the storage
+    dtype, which training reads either way)."""
     return {
         "family": family,
         "pretrained_model": config.pretrained_model,
         "teacher": teacher,
         "dtype": str(_DTYPES[config.mixed_precision]).removeprefix("torch."),
         "transformer_storage_dtype": config.transformer_storage_dtype,
-        "storage": config.trajectory_dtype,
         "num_inference_steps": config.num_inference_steps,
         "trajectories": config.trajectories,
         "seed": config.seed,
@@ -119,12 +120,12 @@ def build_trajectory_cache(config: TrainConfig, batch_size: int = 4) -> tuple[in
     teacher = TeacherSource(parts.prompt_encoder, cache=embeddings, zero_pooled=config.zero_pooled)
     negative = teacher([""], accelerator.device) if uses_cfg(adapter) else None
     pool = TrajectoryPool(config.trajectories, config.seed, config.guidance_values())
-    meta = trajectory_meta(config, family, teacher_name(config, family))
+    meta = trajectory_meta(config, family, teacher_name(config, family)) | {"storage": config.trajectory_dtype}
     directory = Path(config.trajectory_cache)
     entries = pool_entries(config, stages)
-    done = done_keys(directory) if directory.is_dir() else set()
+    done = done_keys(directory)
     todo = [e for e in entries if trajectory_key(*e) not in done]
-    numel = {res: adapter.prepare_latents(1, res, res, device="cpu").numel() for res in {e[1] for e in todo}}
+    numel = {res: math.prod(adapter.latent_shape(1, res, res)) for res in {e[1] for e in todo}}
     needed = sum(
         trajectory_bytes(numel[res], config.num_inference_steps, config.trajectory_dtype, negative is not None)
         for _, res, _ in todo

@@ -287,7 +287,10 @@ def _validate(config: TrainConfig) -> None:
             raise ConfigError(f"config key {name!r} must be in [0, 1), got {getattr(config, name)!r}")
     if config.trajectory_cache:
         if config.trajectories <= 0:
-            raise ConfigError("trajectory_cache needs trajectories: N (the pool size the cache holds per prompt)")
+            raise ConfigError(
+                f"trajectory_cache needs trajectories: N > 0 (the pool size the cache {config.trajectory_cache} holds "
+                f"per prompt), got {config.trajectories}"
+            )
         if not config.teacher_cache:  # the embeddings the student's pass still needs (CLIP parts, masks, held-out)
             config.teacher_cache = str(Path(config.trajectory_cache) / "embeddings")
     for name in ("output_dir", "teacher_cache", "trajectory_cache"):

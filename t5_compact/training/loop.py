@@ -108,9 +108,7 @@ def train(config: TrainConfig) -> Path:
     if trajectories is not None:
         from .cache import pool_entries, trajectory_meta
 
-        expected = trajectory_meta(config, family, teacher_name(config, family))
-        expected.pop("storage")  # bf16 or float32 records: training reads either
-        trajectories.check(expected, pool_entries(config, stages))
+        trajectories.check(trajectory_meta(config, family, teacher_name(config, family)), pool_entries(config, stages))
     resume_from = resolve_resume(config.resume, config.output_dir)
     output_dir = Path(config.output_dir)
 

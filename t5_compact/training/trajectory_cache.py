@@ -23,6 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..bench.report import format_bytes
+from ..fileio import atomic_write_text
 from .teacher_cache import TeacherCacheError
 from .trajectories import trajectory_key
 
@@ -41,8 +43,6 @@ def check_disk(directory: Path, needed: int, count: int) -> str:
     """One line on the space `count` trajectories need; raises `TeacherCacheError` if the disk lacks it."""
     probe = directory if directory.exists() else next(p for p in directory.parents if p.exists())
     free = shutil.disk_usage(probe).free
-    from ..bench.report import format_bytes
-
     line = f"{directory}: {count} trajectories to write, {format_bytes(needed)} needed, {format_bytes(free)} free"
     if needed > free:
         raise TeacherCacheError(line + "; free space or write the cache elsewhere (trajectory_cache)")
@@ -54,12 +54,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise TeacherCacheError(f"{path}: unreadable trajectory index ({err}); delete the folder to rebuild") from err
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def rank_index_path(directory: Path, rank: int) -> Path:
@@ -130,7 +124,7 @@ def write_trajectories(
             os.replace(tmp, directory / name)
             for row, (entry, s, g) in enumerate(zip(chunk, seeds, guidance, strict=True)):
                 index["entries"][trajectory_key(*entry)] = [name, row, s, g]
-            _write_json(index_path, index)
+            atomic_write_text(index_path, json.dumps(index))
             shard_number += 1
             added += len(chunk)
     return added
@@ -144,7 +138,7 @@ def merge_indices(directory: str | os.PathLike, meta: dict) -> int:
         merged["entries"].update(_read_json(directory / INDEX)["entries"])
     for path in sorted(directory.glob("index-r*.json")):
         merged["entries"].update(_read_json(path)["entries"])
-    _write_json(directory / INDEX, merged)
+    atomic_write_text(directory / INDEX, json.dumps(merged))
     for path in directory.glob("index-r*.json"):
         path.unlink()
     return len(merged["entries"])
